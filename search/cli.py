@@ -1,0 +1,437 @@
+"""The `prune-search` command line: one console script, a subcommand per job, clear one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from yolov2.errors import InputError, TrainingDivergedError
+
+if TYPE_CHECKING:
+    from yolov2.config import ExperimentConfig
+
+log = logging.getLogger("prune-search")
+
+Command = Callable[[argparse.Namespace], int]
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "default.yaml"
+
+
+def _image_size(text: str) -> int:
+    value = int(text)
+    if value <= 0 or value % 32:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 32")
+    return value
+
+
+def cmd_import_darknet(args: argparse.Namespace) -> int:
+    from yolov2.checkpoint import save_checkpoint
+    from yolov2.darknet import load_darknet
+
+    model = load_darknet(args.cfg, args.weights)
+    save_checkpoint(
+        model, args.out, source={"darknet_cfg": str(args.cfg), "darknet_weights": str(args.weights)}
+    )
+    log.info("wrote %s (%d convolutions)", args.out, len(model.conv_blocks()))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from yolov2.checkpoint import load_checkpoint
+
+    model = load_checkpoint(args.checkpoint)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.format == "darknet":
+        from yolov2.darknet import save_darknet
+
+        save_darknet(model, args.out / "model.cfg", args.out / "model.weights")
+        log.info("wrote %s and %s", args.out / "model.cfg", args.out / "model.weights")
+    else:
+        from yolov2.checkpoint import checkpoint_metadata
+        from yolov2.export import check_onnx, export_onnx
+
+        classes = checkpoint_metadata(args.checkpoint)["meta"].get("classes")
+        path = export_onnx(model, args.out / "model.onnx", classes=classes)
+        difference = check_onnx(model, path)
+        log.info("wrote %s (onnxruntime matches PyTorch to %.1e)", path, difference)
+    return 0
+
+
+def cmd_eval_dets(args: argparse.Namespace) -> int:
+    from yolov2.data import read_voc
+    from yolov2.evaluate import evaluate_detections, read_results
+
+    classes = _classes(args.classes)
+    truth = read_voc(args.voc_root, [(args.year, args.image_set)], classes)
+    detections = read_results(args.results, args.image_set, classes)
+    result = evaluate_detections(truth, detections, classes, metric=args.metric)
+    if args.json:
+        print(json.dumps({"metric": result.metric, "map": result.map, "ap": result.ap}))
+    else:
+        for name, ap in result.ap.items():
+            print(f"{name:>15s}  {ap:.4f}")
+        print(f"{'mAP (' + result.metric + ')':>15s}  {result.map:.4f}")
+    return 0
+
+
+def _classes(spec: str | None) -> list[str]:
+    from yolov2.data import SYNTHETIC_CLASSES, VOC_CLASSES
+
+    if spec is None or spec == "voc":
+        return list(VOC_CLASSES)
+    if spec == "synthetic":
+        return list(SYNTHETIC_CLASSES)
+    path = Path(spec)
+    if path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    else:
+        names = [name.strip() for name in spec.split(",") if name.strip()]
+    if not names:
+        raise InputError(f"--classes {spec!r}: no class names")
+    return names
+
+
+def cmd_make_data(args: argparse.Namespace) -> int:
+    from yolov2.data import make_synthetic_voc
+
+    root = make_synthetic_voc(
+        args.out, num_trainval=args.trainval, num_test=args.test, seed=args.seed
+    )
+    log.info("synthetic VOCdevkit ready at %s", root)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from yolov2.checkpoint import load_checkpoint
+    from yolov2.measure import profile
+
+    model = load_checkpoint(args.checkpoint, device=args.device)
+    size = tuple(args.size) if args.size else None
+    result = profile(model, args.checkpoint, size)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        for key, value in result.as_dict().items():
+            print(f"{key:>15s}  {value:,}" if isinstance(value, int) else f"{key:>15s}  {value}")
+    return 0
+
+
+def _load_config(args: argparse.Namespace) -> ExperimentConfig:
+    from yolov2.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from yolov2.config import write_resolved
+    from yolov2.engine import load_splits
+    from yolov2.pipeline import train_dense
+
+    config = _load_config(args)
+    write_resolved(config, args.out)
+    stage = train_dense(config, load_splits(config.data), args.out)
+    log.info(
+        "wrote %s: map %.4f (VOC07 11-point), map_voc12 %.4f",
+        stage.checkpoint,
+        stage.map,
+        stage.map_voc12,
+    )
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from yolov2.pipeline import run
+
+    result = run(_load_config(args), args.out)
+    print(json.dumps(result.metrics, indent=2))
+    log.info("wrote %s and %s", result.checkpoint, result.checkpoint.with_name("metrics.json"))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+    from yolov2.config import PruneConfig
+    from yolov2.pipeline import prune
+
+    ratios = _ratios(args.ratios) if args.ratios else None
+    config = _validated_prune(
+        PruneConfig,
+        method=args.method,
+        ratio=args.ratio,
+        ratios=ratios,
+        criterion=args.criterion,
+        scope=args.scope,
+    )
+    model, _ = prune(load_checkpoint(args.checkpoint), config)
+    meta = checkpoint_metadata(args.checkpoint)["meta"]
+    meta.update(
+        stage="prune", pruned_from=str(args.checkpoint), prune=config.model_dump(mode="json")
+    )
+    save_checkpoint(model, args.out, **meta)
+    log.info("wrote %s (widths %s)", args.out, model.arch.widths)
+    return 0
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        return [float(r) for r in text.split(",")]
+    except ValueError:
+        raise InputError(f"--ratios {text!r}: expected comma-separated numbers") from None
+
+
+def _validated_prune(cls: Any, **values: Any) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return cls(**values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise InputError(
+            f"--{'.'.join(str(p) for p in first['loc']) or 'prune'}: {first['msg']}"
+        ) from None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from yolov2.pipeline import config_of_checkpoint, evaluate_checkpoint
+
+    config = _load_config(args) if args.config else config_of_checkpoint(args.checkpoint)
+    result = evaluate_checkpoint(args.checkpoint, config)
+    ap = result["ap"] if args.metric == "voc07" else result["ap_voc12"]
+    if args.json:
+        print(json.dumps({"map": result["map"], "map_voc12": result["map_voc12"], "ap": ap}))
+    else:
+        for name, value in ap.items():
+            print(f"{name:>15s}  {value:.4f}")
+        print(
+            f"{'map (voc07)':>15s}  {result['map']:.4f}\n{'map_voc12':>15s}  {result['map_voc12']:.4f}"
+        )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from yolov2.checkpoint import load_checkpoint
+    from yolov2.viz import compare
+
+    dense, pruned = load_checkpoint(args.dense), load_checkpoint(args.pruned)
+    classes = _checkpoint_classes(args.pruned, pruned.arch.num_classes)
+    images = args.images or _test_images(args.pruned)
+    paths = compare(
+        dense, pruned, images, args.out, classes, layer=args.layer, conf_thresh=args.conf
+    )
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _checkpoint_classes(checkpoint: Path, num_classes: int) -> list[str]:
+    from yolov2.checkpoint import checkpoint_metadata
+
+    classes: list[str] | None = checkpoint_metadata(checkpoint)["meta"].get("classes")
+    return classes or [str(i) for i in range(num_classes)]
+
+
+def _test_images(checkpoint: Path, count: int = 5) -> list[Path]:
+    """The first test images of the experiment a checkpoint was made by."""
+    from yolov2.engine import load_splits
+    from yolov2.pipeline import config_of_checkpoint
+
+    splits = load_splits(config_of_checkpoint(checkpoint).data)
+    return [annotation.image_path for annotation in splits.test[:count]]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from yolov2.checkpoint import load_checkpoint
+    from yolov2.data import load_image
+    from yolov2.engine import detect
+    from yolov2.viz import draw_detections, save_png
+
+    model = load_checkpoint(args.checkpoint, args.device)
+    classes = _checkpoint_classes(args.checkpoint, model.arch.num_classes)
+    threshold = 0.005 if args.results_dir else args.conf
+    found = detect(model, args.images, input_size=args.size, conf_thresh=threshold)
+    for path, detections in zip(args.images, found, strict=True):
+        shown = detections.scores >= args.conf
+        from yolov2.boxes import ImageDetections
+
+        kept = ImageDetections(
+            detections.boxes[shown], detections.scores[shown], detections.labels[shown]
+        )
+        save_png(draw_detections(load_image(path), kept, classes), args.out / f"{path.stem}.png")
+    log.info("drew %d images into %s", len(args.images), args.out)
+    if args.results_dir:
+        _write_predictions(args, found, classes)
+    return 0
+
+
+def _write_predictions(
+    args: argparse.Namespace, found: Sequence[Any], classes: Sequence[str]
+) -> None:
+    from yolov2.boxes import to_voc_pixels
+    from yolov2.data import load_image
+    from yolov2.evaluate import Detections, write_results
+
+    boxes = []
+    for path, detections in zip(args.images, found, strict=True):
+        height, width = load_image(path).shape[-2:]
+        boxes.append(to_voc_pixels(detections.boxes, height, width).numpy())
+    detections = Detections.from_images(
+        [p.stem for p in args.images],
+        boxes,
+        [d.scores.numpy() for d in found],
+        [d.labels.numpy() for d in found],
+    )
+    paths = write_results(args.results_dir, args.image_set, classes, detections)
+    log.info("wrote %d VOC results files into %s", len(paths), args.results_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prune-search",
+        description="Search for compressed (pruned) YOLOv2 detectors. Each subcommand has --help.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("import-darknet", help="darknet .cfg + .weights -> checkpoint")
+    p.add_argument("cfg", type=Path, help="darknet .cfg (YOLOv2 family)")
+    p.add_argument(
+        "weights", type=Path, help="darknet .weights (a partial backbone file loads too)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
+    p.set_defaults(run=cmd_import_darknet)
+
+    p = commands.add_parser("export", help="checkpoint -> darknet files")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--format", choices=["darknet", "onnx"], default="darknet",
+                   help="darknet: model.cfg + model.weights; onnx: model.onnx (checked with onnxruntime)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="folder for the exported files")
+    p.set_defaults(run=cmd_export)
+
+    p = commands.add_parser("eval-dets", help="VOC mAP of results files against a VOCdevkit")
+    p.add_argument("--voc-root", type=Path, required=True, help="the VOCdevkit folder")
+    p.add_argument("--year", default="2007")
+    p.add_argument("--image-set", default="test")
+    p.add_argument(
+        "--results", type=Path, required=True, help="folder of comp4_det_<set>_<class>.txt"
+    )
+    p.add_argument("--metric", choices=["voc07", "voc12"], default="voc07",
+                   help="voc07: 11-point AP (default); voc12: all-point AP (VOC2010+)")  # fmt: skip
+    p.add_argument("--classes", default=None,
+                   help="'voc' (default), 'synthetic', a file with one name a line, or a,b,c")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(run=cmd_eval_dets)
+
+    p = commands.add_parser("make-data", help="write the synthetic VOC-format data set")
+    p.add_argument("--out", type=Path, required=True, help="folder for the VOCdevkit tree")
+    p.add_argument("--trainval", type=int, default=1600, help="images in trainval")
+    p.add_argument("--test", type=int, default=400, help="images in test")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_make_data)
+
+    p = commands.add_parser("profile", help="params, GFLOPs, size and latency of a checkpoint")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--size", type=_image_size, nargs=2, metavar=("H", "W"),
+                   help="input size (default: the checkpoint's)")  # fmt: skip
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(run=cmd_profile)
+
+    p = commands.add_parser("train", help="train the dense model of an experiment")
+    _experiment_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder (resumes if interrupted)")
+    p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser(
+        "pipeline", help="dense -> prune -> finetune -> measure, on one machine"
+    )
+    _experiment_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint + metrics.json")
+    p.set_defaults(run=cmd_pipeline)
+
+    p = commands.add_parser("prune", help="prune a checkpoint once, without finetuning")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--method", choices=["weight", "filter"], required=True)
+    ratio = p.add_mutually_exclusive_group(required=True)
+    ratio.add_argument("--ratio", type=float, help="one ratio for every prunable convolution")
+    ratio.add_argument("--ratios", help="r1,r2,...: one per prunable convolution or one per stage")
+    p.add_argument("--criterion", choices=["l1", "l2", "bn"], default="l1", help="filter ranking")
+    p.add_argument(
+        "--scope", choices=["layer", "global"], default="layer", help="weight pruning threshold"
+    )
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    p.set_defaults(run=cmd_prune)
+
+    p = commands.add_parser("eval", help="VOC mAP of a checkpoint on its experiment's test set")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument(
+        "--config", type=Path, help="experiment file (default: the one in the checkpoint)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
+    )
+    p.add_argument(
+        "--metric", choices=["voc07", "voc12"], default="voc07", help="which AP per class to show"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(run=cmd_eval)
+
+    p = commands.add_parser(
+        "compare", help="the study's figures: boxes, weights and layers, before vs after"
+    )
+    p.add_argument("dense", type=Path, help="checkpoint before pruning")
+    p.add_argument("pruned", type=Path, help="checkpoint after pruning and finetuning")
+    p.add_argument(
+        "--images", type=Path, nargs="+", help="up to 5 images (default: the first test images)"
+    )
+    p.add_argument(
+        "--layer", type=int, help="conv number of the weight plot (default: the most changed)"
+    )
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold of the drawn boxes")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    p.set_defaults(run=cmd_compare)
+
+    p = commands.add_parser("predict", help="draw a checkpoint's detections on images")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True, help="folder for <image>.png")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold of the drawn boxes")
+    p.add_argument("--size", type=_image_size, help="input size (default: the checkpoint's)")
+    p.add_argument("--results-dir", type=Path, help="also write VOC results files here")
+    p.add_argument("--image-set", default="test", help="the <set> in comp4_det_<set>_<class>.txt")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=cmd_predict)
+    return parser
+
+
+def _experiment_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, nargs="?", default=DEFAULT_EXPERIMENT,
+                   help="experiment YAML (default: experiments/default.yaml)")  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.run(args)
+    except (InputError, TrainingDivergedError) as error:
+        print(f"prune-search {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"prune-search {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

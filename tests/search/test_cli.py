@@ -1,0 +1,358 @@
+"""The `prune-search` command line, run in-process through `main`, plus the real console script once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from search.cli import build_parser, main
+from tests.yolov2.conftest import WriteVocTree
+from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+from yolov2.darknet import save_darknet
+from yolov2.data import SYNTHETIC_CLASSES, load_image, read_voc
+from yolov2.evaluate import Detections, write_results
+from yolov2.model import YOLOv2, build_model, yolov2_voc
+
+SUBCOMMANDS = sorted(
+    next(
+        action.choices
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+)
+CLASSES = ["cat", "dog"]
+A, B, C = [10, 10, 50, 50], [100, 100, 150, 150], [200, 10, 260, 80]  # VOC pixels
+
+
+def _run(argv: list[str]) -> int:
+    """`main(argv)` with logging unconfigured, as in a fresh process, so that `main` sends it to the
+    stderr capsys reads; pytest's own handlers are put back afterwards, in the same list."""
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers.clear()
+    try:
+        return main(argv)
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = saved
+        root.setLevel(level)
+
+
+def _model(seed: int = 0) -> YOLOv2:
+    torch.manual_seed(seed)
+    model = build_model(yolov2_voc(width=0.125, input_size=(64, 64)))
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(
+                    torch.rand_like(tensor) + 0.5
+                    if "running_var" in name
+                    else torch.randn_like(tensor)
+                )
+    return model.eval()
+
+
+def _darknet_pair(tmp_path: Path) -> tuple[Path, Path, YOLOv2]:
+    model = _model()
+    cfg, weights = tmp_path / "in" / "small.cfg", tmp_path / "in" / "small.weights"
+    save_darknet(model, cfg, weights)
+    return cfg, weights, model
+
+
+@pytest.fixture
+def voc(tmp_path: Path, write_voc_tree: WriteVocTree) -> Path:
+    """A VOCdevkit whose VOC2007 test set holds two cats and a dog."""
+    images = [
+        {"id": "000001", "width": 300, "height": 200, "objects": [("cat", *A), ("dog", *B)]},
+        {"id": "000002", "width": 300, "height": 200, "objects": [("cat", *C)]},
+    ]
+    return write_voc_tree(tmp_path / "VOCdevkit", "2007", "test", images)
+
+
+def _results(voc: Path, rows: list[tuple[str, int, float, list[int]]]) -> Path:
+    directory = voc.parent / "results"
+    directory.mkdir(exist_ok=True)
+    detections = Detections(
+        np.array([r[0] for r in rows]),
+        np.array([r[1] for r in rows]),
+        np.array([r[2] for r in rows]),
+        np.array([r[3] for r in rows]),
+    )
+    write_results(directory, "test", CLASSES, detections)
+    return directory
+
+
+def _eval_dets(voc: Path, results: Path, *extra: str) -> list[str]:
+    return [
+        "eval-dets",
+        "--voc-root",
+        str(voc),
+        "--results",
+        str(results),
+        "--classes",
+        "cat,dog",
+        *extra,
+    ]
+
+
+def _assert_one_line_error(err: str, command: str, path: Path) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"prune-search {command}: error: ")
+    assert str(path) in lines[0]
+    assert "Traceback" not in err
+
+
+# --- help and the console script ------------------------------------------------------------------
+
+
+def test_the_parser_has_the_commands_built_so_far() -> None:
+    assert set(SUBCOMMANDS) >= {"import-darknet", "export", "eval-dets", "make-data", "profile"}
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: prune-search {command}")
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["no-such-command"], ["profile"], ["eval-dets", "--voc-root", "x"]]
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "usage: prune-search" in capsys.readouterr().err
+
+
+def test_console_script_help() -> None:
+    script = Path(sys.executable).parent / "prune-search"
+    result = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: prune-search")
+    for command in SUBCOMMANDS:
+        assert command in result.stdout
+
+
+# --- darknet in and out ---------------------------------------------------------------------------
+
+
+def test_import_darknet_then_export_round_trips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, weights, model = _darknet_pair(tmp_path)
+    checkpoint = tmp_path / "model.safetensors"
+    assert _run(["import-darknet", str(cfg), str(weights), "--out", str(checkpoint)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"wrote {checkpoint} (23 convolutions)" in captured.err  # logs go to stderr
+
+    loaded = load_checkpoint(checkpoint)
+    assert loaded.arch == model.arch
+    for name, tensor in model.state_dict().items():
+        if not name.endswith("num_batches_tracked"):  # not in darknet files
+            assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert checkpoint_metadata(checkpoint)["meta"]["source"] == {
+        "darknet_cfg": str(cfg),
+        "darknet_weights": str(weights),
+    }
+
+    out = tmp_path / "out"
+    assert _run(["export", str(checkpoint), "--format", "darknet", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model.cfg", "model.weights"]
+    assert (out / "model.cfg").read_text() == cfg.read_text()
+    assert (out / "model.weights").read_bytes() == weights.read_bytes()
+
+
+# --- eval-dets ------------------------------------------------------------------------------------
+
+PERFECT = [("000001", 0, 0.9, A), ("000002", 0, 0.8, C), ("000001", 1, 0.7, B)]
+# cat: TP 0.9, FP 0.8 (wrong place), TP 0.7 -> recall (1/2, 1/2, 1), precision (1, 1/2, 2/3).
+MIX = [
+    ("000001", 0, 0.9, A),
+    ("000002", 0, 0.8, [20, 20, 40, 40]),
+    ("000002", 0, 0.7, C),
+    ("000001", 1, 0.6, B),
+]
+CAT_VOC07 = (6 * 1 + 5 * 2 / 3) / 11  # recall >= 0 .. 0.5: precision 1; >= 0.6 .. 1: 2/3
+CAT_VOC12 = 0.5 * 1 + 0.5 * 2 / 3  # the area under the monotone envelope
+
+
+@pytest.mark.parametrize(
+    ("rows", "metric", "cat_ap"),
+    [
+        (PERFECT, "voc07", 1.0),
+        (PERFECT, "voc12", 1.0),
+        (MIX, "voc07", CAT_VOC07),
+        (MIX, "voc12", CAT_VOC12),
+        (MIX[3:], "voc07", 0.0),  # no cat detections at all
+    ],
+)
+def test_eval_dets_json(
+    voc: Path,
+    capsys: pytest.CaptureFixture[str],
+    rows: list[tuple[str, int, float, list[int]]],
+    metric: str,
+    cat_ap: float,
+) -> None:
+    results = _results(voc, rows)
+    assert _run([*_eval_dets(voc, results, "--metric", metric), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    result = json.loads(out)
+    assert set(result) == {"metric", "map", "ap"}
+    assert result["metric"] == metric
+    assert result["ap"] == {"cat": pytest.approx(cat_ap), "dog": 1.0}
+    assert result["map"] == pytest.approx((cat_ap + 1.0) / 2)
+
+
+def test_eval_dets_table(voc: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = _results(voc, MIX)
+    assert _run(_eval_dets(voc, results)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [
+        ["cat", f"{CAT_VOC07:.4f}"],
+        ["dog", "1.0000"],
+        ["mAP", "(voc07)", f"{(CAT_VOC07 + 1) / 2:.4f}"],
+    ]
+
+
+# --- make-data and profile ------------------------------------------------------------------------
+
+
+def test_make_data_writes_a_readable_tree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "synthetic" / "VOCdevkit"
+    argv = ["make-data", "--out", str(root), "--trainval", "8", "--test", "4", "--seed", "1"]
+    assert _run(argv) == 0
+    assert f"synthetic VOCdevkit ready at {root}" in capsys.readouterr().err
+    trainval = read_voc(root, [("2007", "trainval")], SYNTHETIC_CLASSES)
+    test = read_voc(root, [("2007", "test")], SYNTHETIC_CLASSES)
+    assert (len(trainval), len(test)) == (8, 4)
+    assert not {a.image_id for a in trainval} & {a.image_id for a in test}
+    image = load_image(test[0].image_path)
+    assert image.shape == (3, test[0].height, test[0].width)
+    assert image.dtype == torch.uint8
+    assert sum(len(a.labels) for a in trainval) > 0
+    assert _run(argv) == 0  # a finished set is reused
+
+
+@pytest.mark.parametrize("size", [None, ("96", "128")])
+def test_profile_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], size: tuple[str, str] | None
+) -> None:
+    model = _model()
+    with torch.no_grad():
+        model.conv_blocks()[4].conv.weight.zero_()
+    checkpoint = save_checkpoint(model, tmp_path / "m.safetensors")
+    argv = ["profile", str(checkpoint), "--json", *(["--size", *size] if size else [])]
+    assert _run(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    result = json.loads(out)
+    params = sum(p.numel() for p in model.parameters())
+    assert result["params"] == params
+    assert result["nonzero_params"] <= params - model.conv_blocks()[4].conv.weight.numel()
+    assert result["sparsity"] == pytest.approx(1 - result["nonzero_params"] / params)
+    assert result["size_mb"] == checkpoint.stat().st_size / 1e6
+    assert result["input_size"] == ([int(s) for s in size] if size else [64, 64])
+    assert result["gflops"] > 0
+    assert result["latency_ms"] > 0
+    assert result["device"] == "cpu"
+
+
+# --- user mistakes: exit 2, one line, no traceback ------------------------------------------------
+
+
+def _foreign(tmp_path: Path) -> Path:
+    path = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(path))
+    return path
+
+
+def test_profile_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "missing.safetensors"
+    assert _run(["profile", str(path)]) == 2
+    _assert_one_line_error(capsys.readouterr().err, "profile", path)
+
+
+@pytest.mark.parametrize("command", ["export", "profile"])
+def test_foreign_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    path = _foreign(tmp_path)
+    extra = ["--out", str(tmp_path / "out")] if command == "export" else []
+    assert _run([command, str(path), *extra]) == 2
+    captured = capsys.readouterr()
+    _assert_one_line_error(captured.err, command, path)
+    assert "not a prune-search checkpoint" in captured.err
+    assert captured.out == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_dets_malformed_results_line(voc: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = _results(voc, PERFECT)
+    bad = results / "comp4_det_test_dog.txt"
+    bad.write_text("000001 0.7 100 100 150 150\n000002 0.5 1 2 3\n")
+    assert _run([*_eval_dets(voc, results), "--json"]) == 2
+    captured = capsys.readouterr()
+    _assert_one_line_error(captured.err, "eval-dets", bad)
+    assert f"{bad}:2: expected 6 fields" in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("missing", ["voc-root", "results", "results-file"])
+def test_eval_dets_missing_inputs(
+    voc: Path, capsys: pytest.CaptureFixture[str], missing: str
+) -> None:
+    results = _results(voc, PERFECT)
+    if missing == "voc-root":
+        voc = named = voc.parent / "no-VOCdevkit"
+    elif missing == "results":
+        results = named = voc.parent / "no-results"
+    else:
+        named = results / "comp4_det_test_dog.txt"
+        named.unlink()
+    assert _run(_eval_dets(voc, results)) == 2
+    _assert_one_line_error(capsys.readouterr().err, "eval-dets", named)
+
+
+@pytest.mark.parametrize("cut", [1, 4, 1000])
+def test_import_darknet_truncated_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cut: int
+) -> None:
+    cfg, weights, _ = _darknet_pair(tmp_path)
+    weights.write_bytes(weights.read_bytes()[:-cut])
+    out = tmp_path / "model.safetensors"
+    assert _run(["import-darknet", str(cfg), str(weights), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    _assert_one_line_error(captured.err, "import-darknet", weights)
+    assert "bytes short" in captured.err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == []
+
+
+def test_import_darknet_missing_cfg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, weights, _ = _darknet_pair(tmp_path)
+    cfg = tmp_path / "missing.cfg"
+    assert (
+        main(["import-darknet", str(cfg), str(weights), "--out", str(tmp_path / "m.safetensors")])
+        == 2
+    )
+    _assert_one_line_error(capsys.readouterr().err, "import-darknet", cfg)

@@ -1,0 +1,317 @@
+"""Experiment files: defaults, a full file, dotted overrides, one-line errors, paths, digest, resolved copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from yolov2.config import (
+    DEFAULT_CACHE,
+    PruneConfig,
+    SyntheticConfig,
+    TrainConfig,
+    load_config,
+    write_resolved,
+)
+from yolov2.errors import InputError
+from yolov2.loss import LossConfig
+
+FULL_YAML = """\
+name: voc-small
+data:
+  root: data/VOCdevkit
+  synthetic: {num_trainval: 8, num_test: 4, seed: 3}
+  train_sets: [["2007", trainval], ["2012", trainval]]
+  test_sets: [["2007", test]]
+  classes: [cat, dog]
+  input_size: 320
+  letterbox: true
+  augment: {jitter: 0.1, hue: 0.05, saturation: 1.2, exposure: 1.3, flip: false}
+  workers: 0
+model:
+  family: yolov2-tiny
+  width: 0.5
+  anchors: [[1.0, 2.0], [3.0, 4.0]]
+  darknet: {cfg: darknet/yolov2.cfg, weights: darknet/yolov2.weights}
+loss:
+  coord_scale: 2.0
+  object_scale: 4.0
+  noobject_scale: 0.5
+  class_scale: 1.5
+  thresh: 0.7
+  rescore: false
+train:
+  epochs: 3
+  batch_size: 4
+  lr: 0.002
+  schedule: steps
+  steps: [0.5, 0.75]
+  scales: [0.1, 0.5]
+  multiscale: [288, 320, 352]
+  amp: false
+  device: cpu
+prune:
+  method: filter
+  ratios: [0.1, 0.2, 0.3]
+  criterion: bn
+finetune:
+  epochs: 2
+  lr: 0.0001
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "experiment.yaml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "{}\n", "# only a comment\n"])
+def test_empty_file_gives_defaults(tmp_path: Path, text: str) -> None:
+    config = load_config(_write(tmp_path, text))
+    assert config.train == TrainConfig()
+    assert config.finetune == TrainConfig(epochs=5, lr=1e-4, burn_in=0)
+    assert config.prune == PruneConfig()
+    assert config.loss == LossConfig()
+    assert config.name == "experiment"
+    assert config.data.root == (DEFAULT_CACHE / "synthetic" / "VOCdevkit").resolve()
+    assert config.data.input_size == 416
+    assert config.data.class_names()[:2] == ["aeroplane", "bicycle"]
+    assert len(config.data.class_names()) == 20
+    assert config.model.family == "yolov2"
+    assert config.model.darknet is None
+    assert config.train.lr == 1e-3
+    assert config.train.epochs == 10
+    assert config.finetune.lr == 1e-4
+    assert config.finetune.epochs == 5
+    assert config.prune.method == "none"
+    assert config.loss.object_scale == 5.0
+
+
+def test_full_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, FULL_YAML, "experiments/voc.yaml")
+    config = load_config(path)
+    assert config.name == "voc-small"
+    assert config.data.root == tmp_path / "experiments" / "data" / "VOCdevkit"
+    assert config.data.synthetic == SyntheticConfig(num_trainval=8, num_test=4, seed=3)
+    assert config.data.train_sets == [("2007", "trainval"), ("2012", "trainval")]
+    assert config.data.class_names() == ["cat", "dog"]
+    assert config.data.input_size == 320
+    assert config.data.augment.flip is False
+    assert config.data.augment.saturation == 1.2
+    assert config.model.family == "yolov2-tiny"
+    assert config.model.anchors == [(1.0, 2.0), (3.0, 4.0)]
+    assert config.model.darknet is not None
+    assert config.model.darknet.cfg == tmp_path / "experiments" / "darknet" / "yolov2.cfg"
+    assert config.model.darknet.weights == tmp_path / "experiments" / "darknet" / "yolov2.weights"
+    assert config.loss.coord_scale == 2.0
+    assert config.loss.rescore is False
+    assert config.train.schedule == "steps"
+    assert config.train.scales == [0.1, 0.5]
+    assert config.train.multiscale == [288, 320, 352]
+    assert config.prune == PruneConfig(method="filter", ratios=[0.1, 0.2, 0.3], criterion="bn")
+    assert config.finetune == TrainConfig(epochs=2, lr=0.0001)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "attribute", "expected"),
+    [
+        (["train.lr=1e-4"], ("train", "lr"), 1e-4),
+        (["train.lr=0.01", "train.lr=0.02"], ("train", "lr"), 0.02),  # the last one wins
+        (["data.classes=[a,b]"], ("data", "classes"), ["a", "b"]),
+        (["data.classes=synthetic"], ("data", "classes"), "synthetic"),
+        (["prune.ratios=[0.1,0.2]"], ("prune", "ratios"), [0.1, 0.2]),
+        (["prune.method=weight", "prune.ratio=0.5"], ("prune", "ratio"), 0.5),
+        (["data.synthetic.seed=7"], ("data", "synthetic"), SyntheticConfig(seed=7)),
+        (["name=other"], ("name",), "other"),
+        (["train.multiscale=null"], ("train", "multiscale"), None),
+        (["finetune.epochs=0"], ("finetune", "epochs"), 0),
+        (["loss.rescore=false"], ("loss", "rescore"), False),
+        (["model.width=0.25"], ("model", "width"), 0.25),
+    ],
+)
+def test_dotted_overrides(
+    tmp_path: Path, overrides: list[str], attribute: tuple[str, ...], expected: object
+) -> None:
+    config: object = load_config(_write(tmp_path, "train:\n  lr: 0.005\n"), overrides)
+    for name in attribute:
+        config = getattr(config, name)
+    assert config == expected
+
+
+def test_override_replaces_a_file_value_and_keeps_the_rest(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, FULL_YAML), ["train.lr=1e-4", "data.input_size=64"])
+    assert config.train.lr == 1e-4
+    assert config.data.input_size == 64
+    assert config.train.epochs == 3
+    assert config.data.classes == ["cat", "dog"]
+
+
+# --- one-line errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "key", "problem"),
+    [
+        ("bogus: 1\n", [], "bogus", "unknown key"),
+        ("train:\n  lrr: 0.1\n", [], "train.lrr", "unknown key"),
+        ("", ["data.augment.blur=1"], "data.augment.blur", "unknown key"),
+        ("train:\n  epochs: ten\n", [], "train.epochs", "valid integer"),
+        ("train:\n  lr: [1]\n", [], "train.lr", "valid number"),
+        ("data:\n  letterbox: maybe\n", [], "data.letterbox", "valid boolean"),
+        ("", ["prune.ratio=1.0"], "prune.ratio", "less than 1"),
+        ("", ["prune.ratio=-0.1"], "prune.ratio", "greater than or equal to 0"),
+        ("", ["prune.ratios=[0.1,1.0]"], "prune.ratios", "every ratio must be in [0, 1)"),
+        ("", ["prune.method=weight"], "prune", "needs ratio or ratios"),
+        ("", ["prune.ratio=0.1", "prune.ratios=[0.1]"], "prune", "either ratio or ratios"),
+        ("train:\n  steps: [0.5]\n", [], "train", "steps and scales need the same length"),
+        ("", ["finetune.steps=[0.9,0.5]"], "finetune", "increasing fractions"),
+        ("", ["train.multiscale=[320,300]"], "train", "multiples of 32"),
+        ("data:\n  input_size: 400\n", [], "data.input_size", "multiple of 32"),
+        ("", ["data.input_size=0"], "data.input_size", "greater than 0"),
+        ("", ["data.classes=[a,a]"], "data.classes", "without repeats"),
+        ("", ["model.family=yolov3"], "model.family", "'yolov2' or 'yolov2-tiny'"),
+        ("", ["name=a b"], "name", "should match pattern"),
+        ("", ["model.darknet.cfg=x.cfg"], "model.darknet.weights", "Field required"),
+    ],
+)
+def test_bad_values_are_one_line_naming_file_and_key(
+    tmp_path: Path, text: str, overrides: list[str], key: str, problem: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(InputError) as error:
+        load_config(path, overrides)
+    message = str(error.value)
+    assert message.startswith(f"{path}: {key}: ")
+    assert problem in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("train: [unclosed\n", "not valid YAML"),
+        ("train:\n  lr: 1\n lr: 2\n", "not valid YAML"),
+        ("- a\n- b\n", "an experiment file is a mapping of sections"),
+        ("just a string\n", "an experiment file is a mapping of sections"),
+    ],
+)
+def test_unreadable_files_are_one_line_naming_the_file(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(InputError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ")
+    assert problem in message
+    assert "\n" not in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.yaml"
+    with pytest.raises(InputError, match="no such experiment file") as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("train.lr", "--set 'train.lr': expected key.sub=value"),
+        ("=3", "--set '=3': expected key.sub=value"),
+        ("train.lr.x=1", "--set 'train.lr.x=1': lr is not a section"),
+    ],
+)
+def test_malformed_overrides(tmp_path: Path, override: str, problem: str) -> None:
+    with pytest.raises(InputError) as error:
+        load_config(_write(tmp_path, "train:\n  lr: 0.1\n"), [override])
+    assert str(error.value) == problem
+
+
+# --- paths ----------------------------------------------------------------------------------------
+
+
+def test_relative_paths_are_relative_to_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "data:\n  root: ../voc\nmodel:\n  darknet: {weights: w/backbone.conv.23}\n"
+    _write(tmp_path, text, "experiments/exp.yaml")
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    config = load_config(Path("../../experiments/exp.yaml"))
+    assert config.data.root == tmp_path / "voc"
+    assert config.data.root.is_absolute()
+    assert config.model.darknet is not None
+    assert config.model.darknet.weights == tmp_path / "experiments" / "w" / "backbone.conv.23"
+    assert config.model.darknet.cfg is None
+
+
+def test_absolute_and_home_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    text = f"data:\n  root: {tmp_path / 'abs'}\nmodel:\n  darknet: {{weights: ~/w.weights}}\n"
+    config = load_config(_write(tmp_path, text, "experiments/exp.yaml"))
+    assert config.data.root == tmp_path / "abs"
+    assert config.model.darknet is not None
+    assert config.model.darknet.weights == tmp_path / "home" / "w.weights"
+
+
+def test_paths_given_by_override_are_relative_to_the_config_folder(tmp_path: Path) -> None:
+    path = _write(tmp_path, "", "experiments/exp.yaml")
+    config = load_config(path, ["data.root=voc"])
+    assert config.data.root == tmp_path / "experiments" / "voc"
+
+
+# --- digest and the resolved copy -----------------------------------------------------------------
+
+
+def test_digest_is_stable(tmp_path: Path) -> None:
+    a = load_config(_write(tmp_path, FULL_YAML, "a/x.yaml"))
+    b = load_config(_write(tmp_path, FULL_YAML, "a/y.yaml"))
+    reordered = "\n".join(reversed(FULL_YAML.split("\nprune:\n")))  # prune first, same values
+    c = load_config(_write(tmp_path, "prune:\n" + reordered, "a/z.yaml"))
+    assert c == a
+    for section in ((), ("train",), ("data", "model")):
+        assert a.digest(*section) == b.digest(*section) == c.digest(*section)
+    assert len(a.digest()) == 16
+    int(a.digest(), 16)  # hexadecimal
+
+
+@pytest.mark.parametrize(
+    ("override", "changed", "unchanged"),
+    [
+        ("train.lr=0.5", ["train"], ["data", "model", "prune", "finetune", "loss"]),
+        ("prune.ratios=[0.5]", ["prune"], ["data", "model", "train", "finetune", "loss"]),
+        ("data.input_size=416", ["data"], ["model", "train", "prune", "finetune", "loss"]),
+        ("loss.thresh=0.5", ["loss"], ["data", "model", "train", "prune", "finetune"]),
+        ("finetune.epochs=9", ["finetune"], ["data", "model", "train", "prune", "loss"]),
+    ],
+)
+def test_digest_changes_with_its_sections_only(
+    tmp_path: Path, override: str, changed: list[str], unchanged: list[str]
+) -> None:
+    path = _write(tmp_path, FULL_YAML)
+    base, other = load_config(path), load_config(path, [override])
+    assert base.digest() != other.digest()
+    for name in changed:
+        assert base.digest(name) != other.digest(name)
+    for name in unchanged:
+        assert base.digest(name) == other.digest(name)
+    assert base.digest(*unchanged) == other.digest(*unchanged)
+
+
+@pytest.mark.parametrize("text", ["", FULL_YAML])
+def test_write_resolved_loads_back_equal(tmp_path: Path, text: str) -> None:
+    config = load_config(_write(tmp_path, text, "experiments/exp.yaml"), ["train.lr=3e-4"])
+    path = write_resolved(config, tmp_path / "run" / "out")
+    assert path == tmp_path / "run" / "out" / "config.yaml"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]
+    again = load_config(path)
+    assert again == config
+    assert again.digest() == config.digest()

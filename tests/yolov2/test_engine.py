@@ -1,0 +1,138 @@
+"""The train and eval loops on real synthetic VOC files: overfitting, resume, divergence, schedules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from yolov2.config import ExperimentConfig, TrainConfig, load_config
+from yolov2.engine import MultiScaleBatchSampler, Splits, fit, load_splits, lr_factor
+from yolov2.errors import InputError, TrainingDivergedError
+from yolov2.pipeline import initial_model
+
+SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
+NO_AUGMENT = [
+    "data.augment.jitter=0",
+    "data.augment.hue=0",
+    "data.augment.saturation=1",
+    "data.augment.exposure=1",
+    "data.augment.flip=false",
+]
+
+
+def smoke_config(tmp_path: Path, *overrides: str) -> ExperimentConfig:
+    return load_config(
+        SMOKE, [f"cache_dir={tmp_path}", f"data.root={tmp_path}/VOCdevkit", *overrides]
+    )
+
+
+def test_a_small_model_overfits_a_handful_of_images(tmp_path: Path) -> None:
+    config = smoke_config(
+        tmp_path,
+        *NO_AUGMENT,
+        "data.synthetic.num_trainval=6",
+        "data.input_size=160",
+        "model.width=0.25",
+        "train.epochs=60",
+        "train.lr=0.003",
+        "train.burn_in=5",
+        "train.schedule=constant",
+        "train.eval_every=0",
+    )
+    splits = load_splits(config.data)
+    same = Splits(splits.train, splits.train, splits.classes)  # evaluate on the training images
+    result = fit(
+        initial_model(config, len(same.classes)),
+        same,
+        data=config.data,
+        train=config.train,
+        loss=config.loss,
+        out_dir=tmp_path / "run",
+    )
+    assert result.final["map"] >= 0.9
+    assert result.history[-1]["loss/total"] < result.history[0]["loss/total"] / 5
+
+
+def _fit(config: ExperimentConfig, out: Path, report: Any = None) -> dict[str, torch.Tensor]:
+    splits = load_splits(config.data)
+    model = initial_model(config, len(splits.classes))
+    result = fit(
+        model,
+        splits,
+        data=config.data,
+        train=config.train,
+        loss=config.loss,
+        out_dir=out,
+        report=report,
+    )
+    assert len(result.history) == config.train.epochs
+    return result.model.state_dict()
+
+
+def test_resume_continues_the_same_run(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "train.epochs=2", "train.eval_every=0")
+    straight = _fit(config, tmp_path / "straight")
+
+    def interrupt(metrics: dict[str, Any]) -> None:
+        if metrics["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(config, tmp_path / "resumed", report=interrupt)
+    epochs_seen: list[int] = []
+    resumed = _fit(config, tmp_path / "resumed", report=lambda m: epochs_seen.append(m["epoch"]))
+    assert epochs_seen == [2]
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_a_non_finite_loss_names_epoch_and_step(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "loss.noobject_scale=1e300")
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 1"):
+        _fit(config, tmp_path / "run")
+
+
+def test_a_missing_data_folder_is_one_clear_error(tmp_path: Path) -> None:
+    config = load_config(SMOKE, [f"data.root={tmp_path}/nowhere", "data.synthetic=null"])
+    with pytest.raises(InputError, match="nowhere: data folder not found"):
+        load_splits(config.data)
+
+
+@pytest.mark.parametrize(
+    ("settings", "step", "expected"),
+    [
+        ({"burn_in": 10}, 0, (1 / 10) ** 4),
+        ({"burn_in": 10}, 4, (5 / 10) ** 4),
+        ({"burn_in": 0, "schedule": "constant"}, 50, 1.0),
+        ({"burn_in": 0, "schedule": "cosine"}, 50, 0.5),
+        ({"burn_in": 0, "schedule": "cosine"}, 100, 0.0),
+        ({"burn_in": 0, "schedule": "steps"}, 79, 1.0),
+        ({"burn_in": 0, "schedule": "steps"}, 80, 0.1),
+        ({"burn_in": 0, "schedule": "steps"}, 95, 0.01),
+    ],
+)
+def test_lr_schedule(settings: dict[str, Any], step: int, expected: float) -> None:
+    factor = lr_factor(TrainConfig(**settings), total_steps=100)
+    assert factor(step) == pytest.approx(expected, abs=1e-12)
+
+
+def test_multiscale_batches_change_size_every_ten_batches_and_repeat_per_epoch() -> None:
+    sampler = MultiScaleBatchSampler(400, 4, [64, 96, 128, 160, 192], seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 100
+    sizes = [batch[0][1] for batch in batches]
+    assert all(len({size for _, size in batch}) == 1 for batch in batches)
+    assert all(len(set(sizes[i : i + 10])) == 1 for i in range(0, 100, 10))
+    assert len(set(sizes)) > 1
+    assert sorted(i for batch in batches for i, _ in batch) == list(range(400))
+    assert list(sampler) == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_a_single_leftover_image_is_dropped_but_a_small_data_set_still_trains() -> None:
+    assert [len(b) for b in MultiScaleBatchSampler(9, 4, [96], seed=0)] == [4, 4]
+    assert [len(b) for b in MultiScaleBatchSampler(3, 8, [96], seed=0)] == [3]

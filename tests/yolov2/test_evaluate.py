@@ -1,0 +1,364 @@
+"""VOC AP, matching and results files, against hand-computed values and the devkit's loop."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from yolov2.errors import InputError
+from yolov2.evaluate import (
+    Detections,
+    GroundTruth,
+    VOCEvaluator,
+    evaluate_detections,
+    mean_ap,
+    precision_recall,
+    read_results,
+    results_path,
+    voc_ap,
+    write_results,
+)
+
+
+def _load_bench() -> ModuleType:
+    # The devkit transcription lives once, in the benchmark; load it by path so that this works
+    # whatever pytest's import mode and without making bench/ a package.
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_voc_eval.py"
+    spec = importlib.util.spec_from_file_location("bench_voc_eval", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+CLASSES = ["cat", "dog"]
+CAT, DOG = 0, 1
+A = [10, 10, 50, 50]  # disjoint boxes in VOC pixels
+B = [100, 100, 150, 150]
+C = [200, 10, 260, 80]
+
+
+def truth(image_id: str, *objects: tuple[Sequence[float], int, bool]) -> GroundTruth:
+    boxes = np.array([o[0] for o in objects], dtype=np.float32).reshape(-1, 4)
+    labels = np.array([o[1] for o in objects], dtype=np.int64)
+    difficult = np.array([o[2] for o in objects], dtype=bool)
+    ground_truth: GroundTruth = bench.Truth(image_id, boxes, labels, difficult)
+    return ground_truth
+
+
+def dets(*rows: tuple[str, int, float, Sequence[float]]) -> Detections:
+    """Rows of (image id, label, score, box), in the order given."""
+    return Detections(
+        np.array([r[0] for r in rows], dtype=np.str_),
+        np.array([r[1] for r in rows], dtype=np.int64),
+        np.array([r[2] for r in rows], dtype=np.float64),
+        np.array([r[3] for r in rows], dtype=np.float64).reshape(-1, 4),
+    )
+
+
+# -- voc_ap -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tp", "fp", "npos", "voc07", "voc12"),
+    [
+        # TP FP TP of 2: rec .5 .5 1, prec 1 .5 2/3. VOC07: 6 thresholds <= .5 see 1, 5 see 2/3.
+        ([1, 0, 1], [0, 1, 0], 2, (6 + 5 * 2 / 3) / 11, 0.5 * 1 + 0.5 * 2 / 3),
+        # FP TP of 1: rec 0 1, prec 0 .5; every threshold sees .5.
+        ([0, 1], [1, 0], 1, 0.5, 0.5),
+        # TP FP FP TP TP of 4: rec .25 .25 .25 .5 .75, prec 1 .5 1/3 .5 .6.
+        ([1, 0, 0, 1, 1], [0, 1, 1, 0, 0], 4, (3 * 1 + 5 * 0.6) / 11, 0.25 + 0.25 * 0.6 * 2),
+        # Three TPs of 10: recall reaches exactly 0.3, which the t = 0.3 threshold must include.
+        ([1, 1, 1], [0, 0, 0], 10, 4 / 11, 0.3),
+        # No detections.
+        ([], [], 3, 0.0, 0.0),
+        # Only FPs.
+        ([0, 0], [1, 1], 3, 0.0, 0.0),
+    ],
+)
+def test_voc_ap_hand_computed(
+    tp: list[int], fp: list[int], npos: int, voc07: float, voc12: float
+) -> None:
+    tp_cum = np.cumsum(np.array(tp, dtype=np.float64))
+    fp_cum = np.cumsum(np.array(fp, dtype=np.float64))
+    recall = tp_cum / npos
+    precision = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
+    assert voc_ap(recall, precision, "voc07") == pytest.approx(voc07, abs=1e-15)
+    assert voc_ap(recall, precision, "voc12") == pytest.approx(voc12, abs=1e-15)
+
+
+def test_voc_ap_rejects_unknown_metric() -> None:
+    with pytest.raises(ValueError, match="unknown metric 'coco'"):
+        voc_ap(np.zeros(1), np.zeros(1), "coco")  # type: ignore[arg-type]
+
+
+# -- matching -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ground_truth", "detections", "expected_ap", "expected_npos"),
+    [
+        pytest.param(
+            [truth("a", (A, CAT, False), (B, CAT, True))],
+            dets(("a", CAT, 0.9, B), ("a", CAT, 0.8, A)),
+            {"voc07": 1.0, "voc12": 1.0},
+            1,
+            id="a detection on a difficult object is neither TP nor FP",
+        ),
+        pytest.param(
+            [truth("a", (A, CAT, False), (C, CAT, False))],
+            dets(("a", CAT, 0.9, A), ("a", CAT, 0.8, A), ("a", CAT, 0.7, C)),
+            {"voc07": (6 + 5 * 2 / 3) / 11, "voc12": 0.5 + 0.5 * 2 / 3},
+            2,
+            id="a second detection of a matched object is an FP",
+        ),
+        pytest.param(
+            [truth("empty"), truth("a", (A, CAT, False))],
+            dets(("empty", CAT, 0.9, A), ("a", CAT, 0.8, A)),
+            {"voc07": 0.5, "voc12": 0.5},
+            1,
+            id="detections in an image without objects are FPs",
+        ),
+        pytest.param(
+            # The devkit compares with the argmax object even when it is taken and an identical one
+            # is free: the second detection is a duplicate, not a match of the second object.
+            [truth("a", (A, CAT, False), (A, CAT, False))],
+            dets(("a", CAT, 0.9, A), ("a", CAT, 0.8, A)),
+            {"voc07": 6 / 11, "voc12": 0.5},
+            2,
+            id="equal overlaps pick the first object, taken or not",
+        ),
+        pytest.param(
+            [truth("a", (A, CAT, True), (A, CAT, False))],
+            dets(("a", CAT, 0.9, A)),
+            {"voc07": 0.0, "voc12": 0.0},
+            1,
+            id="equal overlaps pick the first object, difficult or not",
+        ),
+        pytest.param(
+            # The most overlapped object is difficult; a lesser overlap (still > 0.5) is not used.
+            [truth("a", ([10, 10, 50, 50], CAT, False), ([10, 10, 50, 45], CAT, True))],
+            dets(("a", CAT, 0.9, [10, 10, 50, 46])),
+            {"voc07": 0.0, "voc12": 0.0},
+            1,
+            id="the best overlap decides, even when it is a difficult object",
+        ),
+    ],
+)
+def test_matching_rules(
+    ground_truth: list[GroundTruth],
+    detections: Detections,
+    expected_ap: dict[str, float],
+    expected_npos: int,
+) -> None:
+    for metric in ("voc07", "voc12"):
+        result = evaluate_detections(ground_truth, detections, ["cat"], metric)
+        assert result.ap["cat"] == pytest.approx(expected_ap[metric], abs=1e-15)
+        assert result.npos == {"cat": expected_npos}
+
+
+@pytest.mark.parametrize(
+    ("gt_box", "det_box", "tp"),
+    [
+        ([1, 1, 4, 4], [1, 2, 4, 5], True),  # +1 pixels: 12/20 = 0.6; without: 6/12 = 0.5
+        ([1, 1, 10, 10], [1, 1, 10, 5], False),  # +1 pixels: exactly 50/100, and 0.5 is not > 0.5
+        ([1, 1, 10, 10], [1, 1, 10, 6], True),  # 60/100
+        ([1, 1, 10, 10], [11, 1, 20, 10], False),  # touching, no shared pixel
+    ],
+)
+def test_iou_counts_pixels_inclusively(gt_box: list[float], det_box: list[float], tp: bool) -> None:
+    result = evaluate_detections(
+        [truth("a", (gt_box, CAT, False))], dets(("a", CAT, 1.0, det_box)), ["cat"]
+    )
+    assert result.ap["cat"] == (1.0 if tp else 0.0)
+
+
+@pytest.mark.parametrize(("threshold", "tp"), [(0.5, True), (0.59, True), (0.6, False)])
+def test_iou_threshold(threshold: float, tp: bool) -> None:
+    result = evaluate_detections(
+        [truth("a", ([1, 1, 10, 10], CAT, False))],
+        dets(("a", CAT, 1.0, [1, 1, 10, 6])),  # IoU 0.6
+        ["cat"],
+        iou_threshold=threshold,
+    )
+    assert result.ap["cat"] == (1.0 if tp else 0.0)
+
+
+@pytest.mark.parametrize(("first", "expected"), [("miss", 0.5), ("hit", 1.0)])
+def test_equal_scores_rank_in_row_order(first: str, expected: float) -> None:
+    miss = ("a", CAT, 0.5, B)
+    hit = ("a", CAT, 0.5, A)
+    other_class = ("a", DOG, 0.5, A)  # same score, another class: must not disturb the order
+    rows = [miss, other_class, hit] if first == "miss" else [hit, other_class, miss]
+    result = evaluate_detections([truth("a", (A, CAT, False))], dets(*rows), CLASSES)
+    assert result.ap["cat"] == expected
+
+
+def test_class_without_detections_scores_zero_and_counts_in_map() -> None:
+    ground_truth = [truth("a", (A, CAT, False), (B, DOG, False))]
+    result = evaluate_detections(ground_truth, dets(("a", CAT, 0.9, A)), CLASSES)
+    assert result.ap == {"cat": 1.0, "dog": 0.0}
+    assert result.map == 0.5
+
+
+def test_class_without_ground_truth_is_nan_and_left_out_of_map() -> None:
+    ground_truth = [truth("a", (A, CAT, False), (B, DOG, True))]  # dog: difficult only, npos 0
+    detections = dets(("a", CAT, 0.9, A), ("a", DOG, 0.8, C))
+    result = evaluate_detections(ground_truth, detections, CLASSES, "voc12")
+    assert result.ap["cat"] == 1.0
+    assert math.isnan(result.ap["dog"])
+    assert result.npos == {"cat": 1, "dog": 0}
+    assert (result.metric, result.map) == ("voc12", 1.0)
+
+
+def test_no_ground_truth_objects_at_all_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="no non-difficult object"):
+        evaluate_detections([truth("a")], dets(("a", CAT, 0.9, A)), CLASSES)
+
+
+def test_detection_of_an_unknown_image_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="image '000042', which is not among the 1 ground-truth"):
+        evaluate_detections([truth("a", (A, CAT, False))], dets(("000042", CAT, 0.9, A)), CLASSES)
+
+
+def test_detection_label_outside_classes_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"labels outside 0\.\.1"):
+        evaluate_detections([truth("a", (A, CAT, False))], dets(("a", 2, 0.9, A)), CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("seed", "size", "extent", "iou_threshold"),
+    [
+        # size: (images, classes, detections per image)
+        (0, (80, 5, 30), 500, 0.5),
+        (1, (80, 5, 30), 40, 0.5),  # crowded: many overlapping objects
+        (2, (60, 3, 40), 12, 0.5),  # tiny image: equal overlaps, exact 0.5 overlaps, single pixels
+        (3, (6, 8, 10), 100, 0.5),  # few images: classes without objects or detections
+        (4, (80, 5, 30), 40, 0.3),
+        (5, (80, 5, 30), 40, 0.75),
+        (6, (30, 4, 0), 100, 0.5),  # no detections at all
+    ],
+)
+def test_vectorised_matches_devkit_loop(
+    seed: int, size: tuple[int, int, int], extent: int, iou_threshold: float
+) -> None:
+    images, classes, dets_per_image = size
+    names = [f"class{c}" for c in range(classes)]
+    ground_truth, detections = bench.synthetic_voc(
+        images, classes, dets_per_image, seed=seed, extent=extent
+    )
+    reference = bench.reference_voc_eval(ground_truth, detections, names, iou_threshold)
+    curves = precision_recall(ground_truth, detections, names, iou_threshold)
+    for metric in ("voc07", "voc12"):
+        ap = mean_ap(curves, metric).ap
+        assert bench.same_aps(ap, reference[metric]), (metric, ap, reference[metric])
+    if dets_per_image:
+        assert any(0 < v < 1 for v in reference["voc07"].values())  # not a vacuous comparison
+
+
+# -- evaluator ----------------------------------------------------------------------------------
+
+
+def test_evaluator_accumulates_batches_and_resets() -> None:
+    ground_truth = [truth("a", (A, CAT, False), (C, CAT, False)), truth("b", (B, DOG, False))]
+    evaluator = VOCEvaluator(CLASSES, metric="voc07")
+    evaluator.process(["x"], [np.array([A])], [np.array([1.0])], [np.array([CAT])])
+    evaluator.reset()
+    evaluator.process(
+        ["a", "b"],
+        [np.array([A, C], dtype=np.float32), np.zeros((0, 4))],
+        [np.array([0.9, 0.1]), np.zeros(0)],
+        [np.array([CAT, CAT]), np.zeros(0, dtype=np.int64)],
+    )
+    evaluator.process(["b"], [np.array([B, A])], [np.array([0.8, 0.7])], [np.array([DOG, DOG])])
+    result = evaluator.evaluate(ground_truth)
+    assert len(evaluator.detections) == 4
+    assert result.ap == {"cat": 1.0, "dog": 1.0}
+    assert result.map == 1.0
+
+
+# -- results files ------------------------------------------------------------------------------
+
+
+def test_results_round_trip(tmp_path: Path) -> None:
+    ground_truth, detections = bench.synthetic_voc(20, 3, 15, seed=7)
+    names = ["aeroplane", "bicycle", "bird"]
+    paths = write_results(tmp_path, "test", names, detections)
+    assert paths == [tmp_path / f"comp4_det_test_{n}.txt" for n in names]
+    assert sorted(tmp_path.iterdir()) == sorted(paths)  # no temporary file left behind
+
+    back = read_results(tmp_path, "test", names)
+    by_class = np.argsort(detections.labels, kind="stable")
+    np.testing.assert_array_equal(back.image_ids, detections.image_ids[by_class])
+    np.testing.assert_array_equal(back.labels, detections.labels[by_class])
+    np.testing.assert_array_equal(back.scores, detections.scores[by_class])
+    np.testing.assert_array_equal(back.boxes, detections.boxes[by_class])
+    for metric in ("voc07", "voc12"):
+        assert evaluate_detections(ground_truth, back, names, metric) == evaluate_detections(
+            ground_truth, detections, names, metric
+        )
+
+
+def test_results_file_format_and_empty_class(tmp_path: Path) -> None:
+    detections = dets(("000005", DOG, 0.25, [1.0, 2.5, 30.0, 40.0]), ("000007", DOG, 0.125, A))
+    write_results(tmp_path, "val", CLASSES, detections)
+    assert results_path(tmp_path, "val", "cat").read_text() == ""
+    assert results_path(tmp_path, "val", "dog").read_text() == (
+        "000005 0.250000 1.000000 2.500000 30.000000 40.000000\n"
+        "000007 0.125000 10.000000 10.000000 50.000000 50.000000\n"
+    )
+    write_results(tmp_path, "val", CLASSES, dets(("000009", CAT, 0.5, B)))  # replaces, atomically
+    assert results_path(tmp_path, "val", "dog").read_text() == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "comp4_det_val_cat.txt",
+        "comp4_det_val_dog.txt",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (
+            "000001 0.9 1 2 3",
+            "expected 6 fields <image id> <score> <xmin> <ymin> <xmax> <ymax>, found 5",
+        ),
+        ("000001 0.9 1 2 3 4 5", "expected 6 fields"),
+        ("000001 high 1 2 3 4", "'high' is not a number"),
+        ("000001 0.9 1 2 3 4,", "'4,' is not a number"),
+        ("000001 nan 1 2 3 4", "'nan' is not a finite number"),
+        ("000001 0.9 5 2 3 4", "box has xmax < xmin or ymax < ymin"),
+        ("000001 0.9 1 5 3 4", "box has xmax < xmin or ymax < ymin"),
+    ],
+)
+def test_malformed_results_line_names_file_and_line(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    write_results(tmp_path, "test", CLASSES, Detections.empty())
+    path = results_path(tmp_path, "test", "dog")
+    path.write_text(f"000001 0.5 1 1 10 10\n\n{line}\n")
+    with pytest.raises(InputError) as error:
+        read_results(tmp_path, "test", CLASSES)
+    assert str(error.value).startswith(f"{path}:3: {problem}")
+
+
+def test_missing_results_file_is_an_input_error(tmp_path: Path) -> None:
+    write_results(tmp_path, "test", ["cat"], Detections.empty())
+    with pytest.raises(InputError, match=r"comp4_det_test_dog\.txt: results file missing"):
+        read_results(tmp_path, "test", CLASSES)
+    with pytest.raises(InputError, match="results directory does not exist"):
+        read_results(tmp_path / "nowhere", "test", CLASSES)
+
+
+def test_write_results_rejects_unwritable_image_ids(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="contains whitespace"):
+        write_results(tmp_path, "test", CLASSES, dets(("two words", CAT, 0.5, A)))

@@ -1,0 +1,131 @@
+"""Cost metrics: parameter and non-zero counts, darknet's FLOP convention, latency and the profile."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolov2.checkpoint import save_checkpoint
+from yolov2.measure import Profile, count_params, gflops, latency_ms, profile
+from yolov2.model import Architecture, Conv, MaxPool, YOLOv2, build_model, yolov2_voc
+
+# conv 3x3 3->8, maxpool, conv 3x3 8->16, head 1x1 16->6 (1 anchor, 1 class).
+SMALL = Architecture(
+    layers=(Conv(8), MaxPool(), Conv(16), Conv(6, 1, batch_norm=False, activation="linear")),
+    num_classes=1,
+    anchors=((1.0, 1.0),),
+    input_size=(64, 96),
+)
+SMALL_PARAMS = (3 * 8 * 9 + 2 * 8) + (8 * 16 * 9 + 2 * 16) + (16 * 6 + 6)  # 1518
+
+
+def _ones(arch: Architecture) -> YOLOv2:
+    model = build_model(arch).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(1.0)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("zeroed", "expected_nonzero"),
+    [
+        ({}, SMALL_PARAMS),
+        ({"layers.0.conv.weight": 100}, SMALL_PARAMS - 100),
+        ({"layers.2.conv.weight": 1152, "layers.3.conv.bias": 6}, SMALL_PARAMS - 1158),
+        ({"layers.0.bn.weight": 8, "layers.0.bn.bias": 8}, SMALL_PARAMS - 16),
+    ],
+)
+def test_count_params_after_zeroing(zeroed: dict[str, int], expected_nonzero: int) -> None:
+    model = _ones(SMALL)
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, count in zeroed.items():
+            parameters[name].view(-1)[:count] = 0.0
+    assert count_params(model) == (1518, expected_nonzero)
+
+
+def test_count_params_ignores_bn_buffers() -> None:
+    model = _ones(SMALL)
+    bn = model.conv_blocks()[0].bn
+    assert bn is not None
+    assert bn.running_mean is not None
+    with torch.no_grad():
+        bn.running_mean.zero_()
+    assert count_params(model) == (SMALL_PARAMS, SMALL_PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        # 2 FLOPs per multiply-add, convolutions only (darknet's BFLOPs): 64x96, then 32x48.
+        ((64, 96), 2 * (3 * 8 * 9 * 64 * 96 + 8 * 16 * 9 * 32 * 48 + 16 * 6 * 32 * 48) / 1e9),
+        ((32, 32), 2 * (3 * 8 * 9 * 32 * 32 + 8 * 16 * 9 * 16 * 16 + 16 * 6 * 16 * 16) / 1e9),
+    ],
+)
+def test_gflops_by_hand(size: tuple[int, int], expected: float) -> None:
+    assert gflops(_ones(SMALL), size) == pytest.approx(expected, rel=1e-12)
+
+
+def test_gflops_ignore_weight_sparsity_and_scale_with_area() -> None:
+    with torch.device("meta"):
+        model = build_model(yolov2_voc()).eval()
+    at_416 = gflops(model, (416, 416))
+    assert at_416 == pytest.approx(29.36, abs=0.01)
+    assert gflops(model, (608, 608)) == pytest.approx(at_416 * (19 / 13) ** 2, rel=1e-9)
+    small = _ones(SMALL)
+    dense = gflops(small, (64, 64))
+    with torch.no_grad():
+        small.conv_blocks()[1].conv.weight.zero_()
+    assert gflops(small, (64, 64)) == dense
+
+
+def test_latency_is_a_positive_median() -> None:
+    value = latency_ms(_ones(SMALL), (64, 64), warmup=1, repeats=5)
+    assert 0 < value < 1000
+    assert math.isfinite(value)
+
+
+def test_profile_fields(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    with torch.no_grad():
+        model.conv_blocks()[1].conv.weight.view(-1)[:576] = 0.0  # half of conv 1
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    result = profile(model, path, repeats=3)
+    assert isinstance(result, Profile)
+    params, nonzero = count_params(model)
+    assert result.params == params == SMALL_PARAMS
+    assert result.nonzero_params == nonzero
+    assert nonzero <= SMALL_PARAMS - 576
+    assert result.sparsity == pytest.approx(1 - nonzero / params)
+    assert result.gflops == pytest.approx(gflops(model, (64, 96)))
+    assert result.size_mb == path.stat().st_size / 1e6
+    assert result.latency_ms > 0
+    assert result.input_size == (64, 96)
+    assert result.device == "cpu"
+    assert not model.training
+    assert set(result.as_dict()) == {
+        "params",
+        "nonzero_params",
+        "sparsity",
+        "gflops",
+        "size_mb",
+        "latency_ms",
+        "input_size",
+        "device",
+    }
+
+
+def test_profile_at_another_size(tmp_path: Path) -> None:
+    model = _ones(SMALL)
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    result = profile(model, path, (32, 32), repeats=2)
+    assert result.input_size == (32, 32)
+    assert result.gflops == pytest.approx(
+        2 * (3 * 8 * 9 * 32 * 32 + 8 * 16 * 9 * 16 * 16 + 16 * 6 * 16 * 16) / 1e9
+    )
+    assert result.sparsity == 0.0

@@ -1,0 +1,102 @@
+"""dense → prune → finetune → measure on the smoke experiment, with real files and the dense cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolov2.checkpoint import checkpoint_metadata, load_checkpoint
+from yolov2.config import ExperimentConfig, load_config
+from yolov2.pipeline import DENSE_SECTIONS, run
+from yolov2.prune import prunable_convs
+
+SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
+METRICS = {
+    "map",
+    "map_voc12",
+    "size_mb",
+    "params",
+    "nonzero_params",
+    "sparsity",
+    "gflops",
+    "latency_ms",
+    "node",
+    "device",
+}
+
+
+def smoke(tmp_path: Path, *overrides: str) -> ExperimentConfig:
+    return load_config(
+        SMOKE,
+        [f"cache_dir={tmp_path}/cache", f"data.root={tmp_path}/data/VOCdevkit", *overrides],
+    )
+
+
+def test_filter_pipeline_shrinks_the_model_and_reuses_the_dense_stage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = run(smoke(tmp_path), tmp_path / "a")
+    dense_dir = tmp_path / "cache" / "dense" / smoke(tmp_path).digest(*DENSE_SECTIONS)
+    dense = load_checkpoint(dense_dir / "model.safetensors")
+    pruned = load_checkpoint(first.checkpoint)
+
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert set(metrics) >= METRICS
+    assert metrics == pytest.approx(first.metrics)
+    assert metrics["size_mb"] == pytest.approx(first.checkpoint.stat().st_size / 1e6)
+    assert metrics["params"] < sum(p.numel() for p in dense.parameters()) * 0.4
+    assert all(
+        after <= before for before, after in zip(dense.arch.widths, pruned.arch.widths, strict=True)
+    )
+    assert pruned.arch.widths[-1] == dense.arch.widths[-1]  # the head is never pruned
+    assert (tmp_path / "a" / "config.yaml").exists()
+    meta = checkpoint_metadata(first.checkpoint)["meta"]
+    assert meta["classes"]
+    assert meta["config"]["name"] == "smoke"
+
+    mtime = (dense_dir / "model.safetensors").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="yolov2.pipeline"):
+        second = run(smoke(tmp_path, "prune.ratio=0.25"), tmp_path / "b")
+    assert "dense stage: reusing" in caplog.text
+    assert (dense_dir / "model.safetensors").stat().st_mtime_ns == mtime
+    assert second.metrics["params"] > first.metrics["params"]
+
+
+def test_weight_pipeline_keeps_masks_through_finetuning(tmp_path: Path) -> None:
+    config = smoke(tmp_path, "prune.method=weight", "prune.ratio=0.8", "finetune.epochs=2")
+    result = run(config, tmp_path / "w")
+    model = load_checkpoint(result.checkpoint)
+    convs = [model.conv_blocks()[i].conv.weight for i in prunable_convs(model.arch)]
+    zero_fraction = [float((w == 0).float().mean()) for w in convs]
+    assert min(zero_fraction) == pytest.approx(0.8, abs=0.01)
+    assert result.metrics["sparsity"] > 0.7
+    dense = run(smoke(tmp_path, "prune.method=none"), tmp_path / "d")
+    assert result.metrics["size_mb"] <= 0.3 * dense.metrics["size_mb"]
+
+
+def test_iterative_pruning_reaches_the_configured_ratio(tmp_path: Path) -> None:
+    one_shot = run(smoke(tmp_path, "prune.ratio=0.5"), tmp_path / "one")
+    rounds = run(smoke(tmp_path, "prune.ratio=0.5", "prune.iterations=2"), tmp_path / "two")
+    assert (tmp_path / "two" / "finetune_1").is_dir()
+    assert (tmp_path / "two" / "finetune_2").is_dir()
+    assert load_checkpoint(rounds.checkpoint).arch == load_checkpoint(one_shot.checkpoint).arch
+
+
+def test_an_unprunable_ratio_count_is_one_clear_error(tmp_path: Path) -> None:
+    from yolov2.errors import InputError
+
+    with pytest.raises(InputError, match=r"expected 1, 6 \(per stage\) or 22 \(per layer\)"):
+        run(smoke(tmp_path, "prune.ratio=null", "prune.ratios=[0.1,0.2]"), tmp_path / "x")
+    assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+def test_the_same_experiment_starts_from_the_same_weights(tmp_path: Path) -> None:
+    from yolov2.pipeline import initial_model
+
+    a = initial_model(smoke(tmp_path), 8).state_dict()
+    b = initial_model(smoke(tmp_path), 8).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

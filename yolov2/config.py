@@ -1,0 +1,254 @@
+"""The experiment: one typed tree loaded from YAML, validated before any work, with dotted overrides.
+
+Every section is a frozen pydantic model that forbids unknown keys, so a typo in a YAML file or in a
+`--set` override is an error naming the file and the key, raised before a single image is read. Paths
+are made absolute at load time because Ray runs every trial in its own working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from yolov2.errors import InputError
+from yolov2.loss import LossConfig
+
+DEFAULT_CACHE = Path(os.environ.get("PRUNE_SEARCH_CACHE", Path.home() / ".cache" / "prune-search"))
+
+
+# YAML reads a year as a number; a set name is text either way.
+Text = Annotated[
+    str, BeforeValidator(lambda value: str(value) if isinstance(value, int) else value)
+]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(Section):
+    """Generate the synthetic VOC-format data set into `data.root` when it is not there yet."""
+
+    num_trainval: int = Field(1600, ge=1)
+    num_test: int = Field(400, ge=1)
+    seed: int = 0
+
+
+class AugmentConfig(Section):
+    """darknet's augmentation: crop jitter, horizontal flip, hue/saturation/exposure."""
+
+    jitter: float = Field(0.2, ge=0, lt=0.5)
+    hue: float = Field(0.1, ge=0, le=0.5)
+    saturation: float = Field(1.5, ge=1)
+    exposure: float = Field(1.5, ge=1)
+    flip: bool = True
+
+
+class DataConfig(Section):
+    root: Path = DEFAULT_CACHE / "synthetic" / "VOCdevkit"  # the VOCdevkit folder
+    synthetic: SyntheticConfig | None = None  # set: generate into `root` on first use
+    train_sets: list[tuple[Text, Text]] = [("2007", "trainval")]  # (year, image set) pairs, a union
+    test_sets: list[tuple[Text, Text]] = [("2007", "test")]
+    classes: Literal["voc", "synthetic"] | list[str] = "voc"
+    input_size: int = Field(416, gt=0, multiple_of=32)
+    letterbox: bool = False
+    augment: AugmentConfig = AugmentConfig()
+    workers: int = Field(2, ge=0)
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("class names must be a non-empty list without repeats")
+        return value
+
+    def class_names(self) -> list[str]:
+        from yolov2.data import SYNTHETIC_CLASSES, VOC_CLASSES
+
+        if self.classes == "voc":
+            return list(VOC_CLASSES)
+        if self.classes == "synthetic":
+            return list(SYNTHETIC_CLASSES)
+        return list(self.classes)
+
+
+class DarknetInit(Section):
+    """Start from darknet files: full weights, or a partial backbone such as darknet19_448.conv.23."""
+
+    cfg: Path | None = None  # None: the model section's architecture
+    weights: Path
+
+
+class ModelConfig(Section):
+    family: Literal["yolov2", "yolov2-tiny"] = "yolov2"
+    width: float = Field(1.0, gt=0, le=4)  # multiplier of every layer's filters (multiples of 8)
+    anchors: list[tuple[float, float]] | None = (
+        None  # (w, h) in grid cells; None: darknet's VOC ones
+    )
+    darknet: DarknetInit | None = None
+
+
+class TrainConfig(Section):
+    """One loop serves training and finetuning; finetuning usually has fewer epochs and a lower lr."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    burn_in: int = Field(100, ge=0)  # steps of darknet's (step/burn_in)^4 warm-up
+    schedule: Literal["steps", "cosine", "constant"] = "cosine"
+    steps: list[float] = [0.8, 0.9]  # fractions of the run at which lr is multiplied by `scales`
+    scales: list[float] = [0.1, 0.1]
+    multiscale: list[int] | None = None  # input sizes (multiples of 32) drawn every 10 steps
+    clip_grad_norm: float | None = Field(10.0, gt=0)
+    amp: bool = True  # on CUDA only: bfloat16 autocast
+    channels_last: bool = True  # on CUDA only
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_every: int = Field(1, ge=0)  # epochs; 0: only at the end
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _schedule(self) -> TrainConfig:
+        if len(self.steps) != len(self.scales):
+            raise ValueError("steps and scales need the same length")
+        if any(not 0 < s < 1 for s in self.steps) or self.steps != sorted(self.steps):
+            raise ValueError("steps are increasing fractions of the run, each in (0, 1)")
+        if self.multiscale and any(s <= 0 or s % 32 for s in self.multiscale):
+            raise ValueError("multiscale sizes must be positive multiples of 32")
+        return self
+
+
+class PruneConfig(Section):
+    method: Literal["none", "weight", "filter"] = "none"
+    ratio: float | None = Field(None, ge=0, lt=1)  # uniform ratio over the prunable convolutions
+    ratios: list[float] | None = None  # one per prunable convolution, or one per stage
+    scope: Literal["layer", "global"] = "layer"  # weight pruning: per-layer or one global threshold
+    criterion: Literal["l1", "l2", "bn"] = "l1"  # filter pruning: what ranks a filter
+    min_channels: int = Field(8, ge=1)
+    round_to: int = Field(8, ge=1)
+    iterations: int = Field(1, ge=1)  # rounds of prune + finetune; the last finetune is `finetune`
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not 0 <= r < 1 for r in value):
+            raise ValueError(f"every ratio must be in [0, 1), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_ratio_form(self) -> PruneConfig:
+        if self.ratio is not None and self.ratios is not None:
+            raise ValueError("give either ratio or ratios, not both")
+        if self.method != "none" and self.ratio is None and self.ratios is None:
+            raise ValueError(f"method {self.method!r} needs ratio or ratios")
+        return self
+
+
+class ExperimentConfig(Section):
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
+    cache_dir: Path = DEFAULT_CACHE  # synthetic data and dense models shared between runs
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    prune: PruneConfig = PruneConfig()
+    finetune: TrainConfig = TrainConfig(epochs=5, lr=1e-4, burn_in=0)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def digest(self, *sections: str) -> str:
+        """A stable hash of the named sections (all when none): the cache key of what they make."""
+        dumped = self.model_dump(mode="json")
+        chosen = {name: dumped[name] for name in sections} if sections else dumped
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(
+    path: str | os.PathLike[str], overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Read, override (`key.sub=value`, the value parsed as YAML) and validate an experiment file."""
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except FileNotFoundError:
+        raise InputError(f"{file}: no such experiment file") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{file}: not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{file}: an experiment file is a mapping of sections")
+    for override in overrides or []:
+        _apply_override(raw, override)
+    return _validated(raw, file)
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise InputError(f"--set {override!r}: expected key.sub=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InputError(f"--set {override!r}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _validated(raw: dict[str, Any], file: Path) -> ExperimentConfig:
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+        raise InputError(f"{file}: {key}: {problem}{more}") from None
+    return _absolute_paths(config, file.parent.resolve())
+
+
+def _absolute_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
+    def absolute(path: Path) -> Path:
+        return (base / path.expanduser()).resolve()
+
+    data = config.data.model_copy(update={"root": absolute(config.data.root)})
+    darknet = config.model.darknet
+    if darknet is not None:
+        darknet = darknet.model_copy(
+            update={
+                "weights": absolute(darknet.weights),
+                "cfg": absolute(darknet.cfg) if darknet.cfg else None,
+            }
+        )
+    model = config.model.model_copy(update={"darknet": darknet})
+    cache_dir = absolute(config.cache_dir)
+    return config.model_copy(update={"data": data, "model": model, "cache_dir": cache_dir})
+
+
+def write_resolved(config: ExperimentConfig, directory: str | os.PathLike[str]) -> Path:
+    """Write the resolved config next to a run's outputs, as `config.yaml`."""
+    from yolov2.files import write_text_atomic
+
+    path = Path(directory) / "config.yaml"
+    write_text_atomic(path, config.to_yaml())
+    return path

@@ -1,0 +1,447 @@
+"""One train loop and one eval loop: training, finetuning and every search trial run these two."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler
+from torchvision import tv_tensors
+from tqdm import tqdm
+
+from yolov2.boxes import ImageDetections, postprocess, to_voc_pixels
+from yolov2.config import DataConfig, TrainConfig
+from yolov2.data import (
+    Annotation,
+    VOCDetection,
+    collate_detections,
+    eval_transform,
+    load_image,
+    make_synthetic_voc,
+    read_voc,
+    train_transform,
+)
+from yolov2.errors import InputError, TrainingDivergedError
+from yolov2.evaluate import METRICS, VOCEvaluator, mean_ap, precision_recall
+from yolov2.files import atomic_path
+from yolov2.loss import LossConfig, region_loss
+from yolov2.model import YOLOv2
+
+if TYPE_CHECKING:
+    from yolov2.prune import WeightMasks
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, Any]], None]
+STATE_FILE = "train_state.pt"
+MULTISCALE_EVERY = 10  # batches between input-size changes, as darknet's `random=1`
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The annotations a run trains and evaluates on, and their class names."""
+
+    train: list[Annotation]
+    test: list[Annotation]
+    classes: list[str]
+
+
+def load_splits(data: DataConfig) -> Splits:
+    """Read the configured VOCdevkit sets, generating the synthetic data set first if asked to."""
+    if data.synthetic is not None:
+        make_synthetic_voc(
+            data.root,
+            num_trainval=data.synthetic.num_trainval,
+            num_test=data.synthetic.num_test,
+            seed=data.synthetic.seed,
+            classes=data.class_names(),
+        )
+    if not data.root.is_dir():
+        raise InputError(f"{data.root}: data folder not found (data.root)")
+    classes = data.class_names()
+    return Splits(
+        train=read_voc(data.root, data.train_sets, classes),
+        test=read_voc(data.root, data.test_sets, classes),
+        classes=classes,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Shuffled batches of (index, input size), the same for the same epoch, so a resumed run
+    continues exactly; the size is redrawn every 10 batches, as darknet's `random=1` does."""
+
+    def __init__(self, num_images: int, batch_size: int, sizes: Sequence[int], seed: int) -> None:
+        self.num_images, self.batch_size, self.sizes, self.seed = (
+            num_images,
+            batch_size,
+            list(sizes),
+            seed,
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_images, generator=generator).tolist()
+        batches = [
+            order[i : i + self.batch_size] for i in range(0, self.num_images, self.batch_size)
+        ]
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            batches.pop()  # BatchNorm cannot normalise a batch of one image
+        return batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        size = rng.choice(self.sizes)
+        for count, batch in enumerate(self._batches()):
+            if count and count % MULTISCALE_EVERY == 0:
+                size = rng.choice(self.sizes)
+            yield [(i, size) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def train_loader(
+    annotations: Sequence[Annotation], data: DataConfig, train: TrainConfig
+) -> DataLoader[Any]:
+    augment = data.augment
+    transform = train_transform(
+        data.input_size,
+        jitter=augment.jitter,
+        hue=augment.hue,
+        saturation=augment.saturation,
+        exposure=augment.exposure,
+        flip=augment.flip,
+    )
+    dataset = VOCDetection(annotations, transform, keep_difficult=False)
+    generator = torch.Generator().manual_seed(train.seed)
+    sizes = train.multiscale or [data.input_size]
+    batch_sampler = MultiScaleBatchSampler(len(dataset), train.batch_size, sizes, train.seed)
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate_detections,
+        num_workers=data.workers,
+        persistent_workers=data.workers > 0,
+        generator=generator,
+    )
+
+
+def eval_loader(
+    annotations: Sequence[Annotation], data: DataConfig, batch_size: int
+) -> DataLoader[Any]:
+    dataset = VOCDetection(annotations, eval_transform(data.input_size, data.letterbox))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        collate_fn=collate_detections,
+        num_workers=data.workers,
+    )
+
+
+def lr_factor(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """darknet's burn-in, (step / burn_in)^4, then steps, cosine or constant over the whole run."""
+
+    def factor(step: int) -> float:
+        if step < train.burn_in:
+            return ((step + 1) / train.burn_in) ** 4
+        progress = step / max(1, total_steps)
+        if train.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if train.schedule == "steps":
+            return math.prod(
+                s for at, s in zip(train.steps, train.scales, strict=True) if progress >= at
+            )
+        return 1.0
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on convolution weights only, as darknet decays."""
+    decayed = [p for n, p in model.named_parameters() if n.endswith("conv.weight")]
+    plain = [p for n, p in model.named_parameters() if not n.endswith("conv.weight")]
+    return torch.optim.SGD(
+        [
+            {"params": decayed, "weight_decay": train.weight_decay},
+            {"params": plain, "weight_decay": 0.0},
+        ],
+        lr=train.lr,
+        momentum=train.momentum,
+    )
+
+
+@dataclass
+class TrainState:
+    """What resuming needs besides the weights: where the run was and the optimiser's memory."""
+
+    epoch: int = 0
+    step: int = 0
+    seen: int = 0  # images trained on, which drives the loss's prior warm-up
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train_one_epoch(
+    model: YOLOv2,
+    loader: DataLoader[Any],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_config: LossConfig,
+    device: torch.device,
+    state: TrainState,
+    train: TrainConfig,
+    masks: WeightMasks | None = None,
+    desc: str = "train",
+) -> dict[str, float]:
+    """One pass over `loader`; returns the mean of every loss term, the last lr and images/s."""
+    model.train()
+    use_amp = train.amp and device.type == "cuda"
+    memory_format = torch.channels_last if train.channels_last and device.type == "cuda" else None
+    sums: dict[str, float] = {}
+    images = 0
+    start = time.perf_counter()
+    progress = tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
+    for batch_index, (cpu_inputs, cpu_targets) in enumerate(progress):
+        inputs = cpu_inputs.to(device, non_blocking=True)
+        if memory_format is not None:
+            inputs = inputs.contiguous(memory_format=memory_format)
+        targets = _targets_to(cpu_targets, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            output = model(inputs)
+        terms = region_loss(output, targets, model.arch.anchors, loss_config, seen=state.seen)
+        if not torch.isfinite(terms.total):
+            raise TrainingDivergedError(
+                f"{desc}: loss is {terms.total.item()} at epoch {state.epoch + 1}, step {batch_index + 1}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        if train.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), train.clip_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        if masks is not None:
+            masks.apply(model)
+        state.step += 1
+        state.seen += len(inputs)
+        images += len(inputs)
+        for name in ("total", "coord", "object", "noobject", "class_"):
+            sums[name] = sums.get(name, 0.0) + float(getattr(terms, name).detach()) * len(inputs)
+        progress.set_postfix(loss=f"{terms.total.item():.3f}", size=inputs.shape[-1])
+    seconds = time.perf_counter() - start
+    means = {f"loss/{k.rstrip('_')}": v / max(1, images) for k, v in sums.items()}
+    return {
+        **means,
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": images / max(seconds, 1e-9),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: YOLOv2,
+    loader: DataLoader[Any],
+    annotations: Sequence[Annotation],
+    classes: Sequence[str],
+    device: torch.device,
+) -> dict[str, Any]:
+    """VOC07 11-point mAP (`map`), all-point mAP (`map_voc12`) and per-class AP under each."""
+    model.eval()
+    evaluator = VOCEvaluator(classes)
+    transform = loader.dataset.transform  # type: ignore[attr-defined]
+    for inputs, targets in tqdm(loader, desc="eval", leave=False, disable=None, dynamic_ncols=True):
+        detections = postprocess(model(inputs.to(device)), model.arch.anchors)
+        boxes, scores, labels = [], [], []
+        for found, target in zip(detections, targets, strict=True):
+            height, width = target["orig_size"]
+            original = transform.to_original(found.boxes.cpu(), (height, width), inputs.shape[-1])
+            boxes.append(to_voc_pixels(original, height, width).numpy())
+            scores.append(found.scores.cpu().numpy())
+            labels.append(found.labels.cpu().numpy())
+        evaluator.process([t["image_id"] for t in targets], boxes, scores, labels)
+    curves = precision_recall(annotations, evaluator.detections, classes)
+    voc07, voc12 = (mean_ap(curves, metric) for metric in METRICS)
+    return {"map": voc07.map, "map_voc12": voc12.map, "ap": voc07.ap, "ap_voc12": voc12.ap}
+
+
+def save_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainState,
+) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "seen": state.seen,
+        "history": state.history,
+    }
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def load_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> TrainState:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+    except (RuntimeError, KeyError, EOFError, OSError) as error:
+        raise InputError(
+            f"{path}: cannot resume from this training state ({str(error).splitlines()[0]})"
+        ) from None
+    return TrainState(payload["epoch"], payload["step"], payload["seen"], list(payload["history"]))
+
+
+@dataclass(frozen=True)
+class FitResult:
+    model: YOLOv2
+    history: list[dict[str, Any]]  # one entry per epoch: losses, lr, images/s, map when evaluated
+    final: dict[str, Any]  # the last evaluation: map, map_voc12, ap
+
+
+def fit(
+    model: YOLOv2,
+    splits: Splits,
+    *,
+    data: DataConfig,
+    train: TrainConfig,
+    loss: LossConfig,
+    out_dir: str | os.PathLike[str],
+    report: Report | None = None,
+    masks: WeightMasks | None = None,
+    tag: str = "train",
+) -> FitResult:
+    """Train `model` for `train.epochs`, resuming from `out_dir` if a run there was interrupted.
+
+    Saves the training state every epoch, writes TensorBoard scalars under `out_dir`, and calls
+    `report` with each epoch's metrics (the search reports them to Ray Tune through it).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(train.device)
+    torch.manual_seed(train.seed)
+    np.random.seed(train.seed)
+    model = model.to(device)
+    if train.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loader = train_loader(splits.train, data, train)
+    test_loader = eval_loader(splits.test, data, train.batch_size)
+    optimizer = make_optimizer(model, train)
+    total_steps = max(1, train.epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train, total_steps))
+    state_path = out / STATE_FILE
+    state = (
+        load_state(state_path, model, optimizer, scheduler) if state_path.exists() else TrainState()
+    )
+    if state.epoch:
+        log.info("%s: resuming %s at epoch %d of %d", tag, out, state.epoch + 1, train.epochs)
+    final: dict[str, Any] = {}
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+        while state.epoch < train.epochs:
+            loader.batch_sampler.set_epoch(state.epoch)  # type: ignore[union-attr]
+            torch.manual_seed(train.seed * 100_003 + state.epoch)  # augmentation draws, per epoch
+            desc = f"{tag} {state.epoch + 1}/{train.epochs}"
+            metrics: dict[str, Any] = train_one_epoch(
+                model,
+                loader,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                loss_config=loss,
+                device=device,
+                state=state,
+                train=train,
+                masks=masks,
+                desc=desc,
+            )
+            state.epoch += 1
+            last = state.epoch == train.epochs
+            if last or (train.eval_every and state.epoch % train.eval_every == 0):
+                final = evaluate(model, test_loader, splits.test, splits.classes, device)
+                metrics.update(map=final["map"], map_voc12=final["map_voc12"])
+            metrics["epoch"] = state.epoch
+            _log_epoch(writer, tag, metrics, state.epoch)
+            state.history.append(metrics)
+            save_state(state_path, model, optimizer, scheduler, state)
+            if report is not None:
+                report(dict(metrics))
+    if not final:
+        final = evaluate(model, test_loader, splits.test, splits.classes, device)
+    return FitResult(model.to(memory_format=torch.contiguous_format), state.history, final)
+
+
+def _log_epoch(writer: Any, tag: str, metrics: Mapping[str, Any], epoch: int) -> None:
+    for name, value in metrics.items():
+        if isinstance(value, (int, float)) and name != "epoch":
+            writer.add_scalar(f"{tag}/{name}", value, epoch)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+    log.info("%s epoch %d: %s", tag, epoch, shown)
+
+
+def _targets_to(
+    targets: Sequence[Mapping[str, Tensor]], device: torch.device
+) -> list[dict[str, Tensor]]:
+    return [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+
+
+@torch.no_grad()
+def detect(
+    model: YOLOv2,
+    image_paths: Sequence[str | os.PathLike[str]],
+    *,
+    input_size: int | None = None,
+    conf_thresh: float = 0.25,
+    letterbox: bool = False,
+) -> list[ImageDetections]:
+    """Detections of each image file in its own pixels (0-based XYXY); darknet's demo threshold."""
+    model.eval()
+    device = next(model.parameters()).device
+    size = input_size or model.arch.input_size[0]
+    transform = eval_transform(size, letterbox)
+    results = []
+    for path in image_paths:
+        image = load_image(Path(path))
+        height, width = image.shape[-2:]
+        empty = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.zeros(0, 4), format="XYXY", canvas_size=(height, width)
+            )
+        }
+        inputs, _ = transform(tv_tensors.Image(image), empty)
+        (found,) = postprocess(
+            model(inputs[None].to(device)), model.arch.anchors, conf_thresh=conf_thresh
+        )
+        boxes = transform.to_original(found.boxes.cpu(), (height, width))
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        results.append(ImageDetections(boxes, found.scores.cpu(), found.labels.cpu()))
+    return results

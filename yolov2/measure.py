@@ -1,0 +1,89 @@
+"""What a compressed model costs: parameters, non-zeros, GFLOPs, checkpoint size and latency."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from yolov2.model import YOLOv2
+
+
+@dataclass(frozen=True)
+class Profile:
+    params: int
+    nonzero_params: int
+    sparsity: float  # fraction of parameters that are exactly zero
+    gflops: float  # forward pass at `input_size`, batch 1 (2 FLOPs per multiply-add, as darknet)
+    size_mb: float  # bytes of the checkpoint file / 1e6
+    latency_ms: float  # median batch-1 forward on `device`
+    input_size: tuple[int, int]
+    device: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def count_params(model: YOLOv2) -> tuple[int, int]:
+    """(parameters, non-zero parameters); BN running statistics are buffers and not counted."""
+    total = nonzero = 0
+    for parameter in model.parameters():
+        total += parameter.numel()
+        nonzero += int(torch.count_nonzero(parameter))
+    return total, nonzero
+
+
+def gflops(model: YOLOv2, input_size: tuple[int, int]) -> float:
+    """Dense GFLOPs of one forward pass: weight pruning leaves these unchanged, filter pruning not."""
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, model.arch.channels, *input_size, device=device))
+    return float(counter.get_total_flops()) / 1e9
+
+
+def latency_ms(
+    model: YOLOv2, input_size: tuple[int, int], *, warmup: int = 3, repeats: int = 20
+) -> float:
+    """Median wall time of a batch-1 forward pass, synchronising on CUDA."""
+    device = next(model.parameters()).device
+    x = torch.rand(1, model.arch.channels, *input_size, device=device)
+    times = []
+    with torch.inference_mode():
+        for step in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def profile(
+    model: YOLOv2,
+    checkpoint: str | os.PathLike[str],
+    input_size: tuple[int, int] | None = None,
+    *,
+    repeats: int = 20,
+) -> Profile:
+    """Every cost metric of design.md for `model`, whose checkpoint file is `checkpoint`."""
+    model = model.eval()
+    size = input_size or model.arch.input_size
+    params, nonzero = count_params(model)
+    return Profile(
+        params=params,
+        nonzero_params=nonzero,
+        sparsity=1.0 - nonzero / params,
+        gflops=gflops(model, size),
+        size_mb=os.path.getsize(checkpoint) / 1e6,
+        latency_ms=latency_ms(model, size, repeats=repeats),
+        input_size=size,
+        device=str(next(model.parameters()).device),
+    )

@@ -1,0 +1,257 @@
+"""train → prune → finetune → measure: the one pipeline behind `prune-search pipeline` and every trial.
+
+Free of Ray: the search passes a `report` callback that forwards each epoch to Ray Tune, the command
+line passes one that logs. The dense stage is cached by the hash of the config sections that make it,
+so reruns and the trials of a search that leave those sections alone train it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+from yolov2.config import ExperimentConfig, ModelConfig, PruneConfig, write_resolved
+from yolov2.darknet import load_darknet
+from yolov2.engine import Report, Splits, eval_loader, evaluate, fit, load_splits, resolve_device
+from yolov2.errors import InputError
+from yolov2.files import write_text_atomic
+from yolov2.measure import profile
+from yolov2.model import Architecture, YOLOv2, build_model, yolov2_tiny_voc, yolov2_voc
+from yolov2.prune import WeightMasks, expand_ratios, prune_filters, prune_weights, pruned_widths
+
+log = logging.getLogger(__name__)
+
+DENSE_SECTIONS = ("data", "model", "loss", "train")
+METRICS_FILE = "metrics.json"
+
+
+def architecture(model: ModelConfig, num_classes: int, input_size: int) -> Architecture:
+    """The dense architecture an experiment's model section describes."""
+    build = yolov2_voc if model.family == "yolov2" else yolov2_tiny_voc
+    kwargs: dict[str, Any] = {
+        "num_classes": num_classes,
+        "width": model.width,
+        "input_size": (input_size, input_size),
+    }
+    if model.anchors is not None:
+        kwargs["anchors"] = tuple(model.anchors)
+    return build(**kwargs)
+
+
+def initial_model(config: ExperimentConfig, num_classes: int) -> YOLOv2:
+    """A fresh model, or darknet's weights (full, or a partial backbone) when the config names them."""
+    arch = architecture(config.model, num_classes, config.data.input_size)
+    torch.manual_seed(config.train.seed)  # the same experiment starts from the same weights
+    darknet = config.model.darknet
+    if darknet is None:
+        return build_model(arch)
+    if darknet.cfg is not None:
+        model = load_darknet(darknet.cfg, darknet.weights)
+        if model.arch.num_classes != num_classes:
+            raise InputError(
+                f"{darknet.cfg}: {model.arch.num_classes} classes, the data has {num_classes}"
+            )
+        return model
+    from yolov2.darknet import load_darknet_weights
+
+    model = build_model(arch)
+    load_darknet_weights(model, darknet.weights)
+    return model
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stage hands on: the model, its checkpoint and its evaluation."""
+
+    model: YOLOv2
+    checkpoint: Path
+    map: float
+    map_voc12: float
+
+
+def train_dense(
+    config: ExperimentConfig, splits: Splits, out_dir: Path, report: Report | None = None
+) -> Stage:
+    """1. dense: train from scratch or darknet weights into `out_dir/model.safetensors`."""
+    model = initial_model(config, len(splits.classes))
+    result = fit(
+        model,
+        splits,
+        data=config.data,
+        train=config.train,
+        loss=config.loss,
+        out_dir=out_dir,
+        report=report,
+        tag="train",
+    )
+    checkpoint = save_checkpoint(
+        result.model,
+        out_dir / "model.safetensors",
+        **_provenance(config, "dense", DENSE_SECTIONS),
+        classes=splits.classes,
+        metrics={"map": result.final["map"], "map_voc12": result.final["map_voc12"]},
+    )
+    return Stage(result.model, checkpoint, result.final["map"], result.final["map_voc12"])
+
+
+def cached_dense(config: ExperimentConfig, splits: Splits, report: Report | None = None) -> Stage:
+    """The dense stage from the cache, training it first if no run has yet (one trainer at a time)."""
+    directory = config.cache_dir / "dense" / config.digest(*DENSE_SECTIONS)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _exclusive(directory / ".lock"):
+        checkpoint = directory / "model.safetensors"
+        if checkpoint.exists():
+            log.info("dense stage: reusing %s", checkpoint)
+            meta = json.loads((directory / METRICS_FILE).read_text())
+            return Stage(load_checkpoint(checkpoint), checkpoint, meta["map"], meta["map_voc12"])
+        write_resolved(config, directory)
+        stage = train_dense(config, splits, directory, report)
+        write_text_atomic(
+            directory / METRICS_FILE, json.dumps({"map": stage.map, "map_voc12": stage.map_voc12})
+        )
+        return stage
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    # Trials of a search on one machine share the cache; the lock makes the first one train it.
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prune(
+    model: YOLOv2, config: PruneConfig, dense: Architecture | None = None, fraction: float = 1.0
+) -> tuple[YOLOv2, WeightMasks | None]:
+    """2. prune `model` to `fraction` of the way to the configured ratios of the `dense` architecture.
+
+    Iterative pruning calls this with fractions 1/k, 2/k, .. 1: each round keeps the same share,
+    (1 - r)^(1/k), so k rounds reach exactly the one-shot model's sparsity or widths.
+    """
+    dense = dense or model.arch
+    ratios = [1 - (1 - r) ** fraction for r in expand_ratios(dense, config.ratio, config.ratios)]
+    if config.method == "weight":
+        # Zeros rank first by magnitude, so a share of all weights counts the earlier rounds' zeros.
+        return model, prune_weights(model, ratios, scope=config.scope)
+    if config.method == "filter":
+        targets = pruned_widths(dense, ratios, config.min_channels, config.round_to)
+        relative = [1 - t / c for t, c in zip(targets[:-1], model.arch.widths[:-1], strict=True)]
+        return prune_filters(
+            model, relative, config.criterion, config.min_channels, config.round_to
+        ), None
+    return model, None
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    checkpoint: Path
+    metrics: dict[str, Any]
+
+
+def run(
+    config: ExperimentConfig, out_dir: str | os.PathLike[str], report: Report | None = None
+) -> PipelineResult:
+    """dense → prune (one shot or in rounds) → finetune → measure; metrics.json beside the checkpoint."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved(config, out)
+    splits = load_splits(config.data)
+    # 1. dense
+    dense = cached_dense(config, splits)
+    model, masks = dense.model, None
+    # 2. prune and 3. finetune, `iterations` rounds; the last finetune is the one reported
+    rounds = config.prune.iterations if config.prune.method != "none" else 1
+    final: dict[str, Any] = {"map": dense.map, "map_voc12": dense.map_voc12}
+    for round_index in range(1, rounds + 1):
+        model, masks = prune(model, config.prune, dense.model.arch, round_index / rounds)
+        tuned = fit(
+            model,
+            splits,
+            data=config.data,
+            train=config.finetune,
+            loss=config.loss,
+            out_dir=out / f"finetune_{round_index}",
+            report=report if round_index == rounds else None,
+            masks=masks,
+            tag=f"finetune {round_index}/{rounds}",
+        )
+        model, final = tuned.model, tuned.final
+    # 4. measure
+    checkpoint = save_checkpoint(
+        model,
+        out / "model.safetensors",
+        **_provenance(config, "pipeline", ()),
+        classes=splits.classes,
+    )
+    metrics = measure(model, checkpoint, config, final)
+    metrics["dense_map"] = dense.map
+    write_text_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2))
+    return PipelineResult(checkpoint, metrics)
+
+
+def measure(
+    model: YOLOv2, checkpoint: Path, config: ExperimentConfig, evaluation: dict[str, Any]
+) -> dict[str, Any]:
+    """4. measure: every metric of design.md, with the names Ray, CSV and TensorBoard share."""
+    device = resolve_device(config.train.device)
+    cost = profile(model.to(device), checkpoint, (config.data.input_size, config.data.input_size))
+    return {
+        "map": float(evaluation["map"]),
+        "map_voc12": float(evaluation["map_voc12"]),
+        "size_mb": cost.size_mb,
+        "params": cost.params,
+        "nonzero_params": cost.nonzero_params,
+        "sparsity": cost.sparsity,
+        "gflops": cost.gflops,
+        "latency_ms": cost.latency_ms,
+        "node": socket.gethostname(),
+        "device": str(device),
+    }
+
+
+def config_of_checkpoint(checkpoint: Path) -> ExperimentConfig:
+    """The experiment a checkpoint was made by, as recorded in it (its data, its input size)."""
+    from pydantic import ValidationError
+
+    meta = checkpoint_metadata(checkpoint)["meta"]
+    if "config" not in meta:
+        raise InputError(f"{checkpoint}: records no experiment; pass --config")
+    try:
+        return ExperimentConfig.model_validate(meta["config"])
+    except ValidationError as error:
+        raise InputError(
+            f"{checkpoint}: its recorded experiment is not valid here ({error.errors()[0]['msg']})"
+        ) from None
+
+
+def evaluate_checkpoint(checkpoint: Path, config: ExperimentConfig) -> dict[str, Any]:
+    """map, map_voc12 and per-class AP of a checkpoint on the config's test sets."""
+    splits = load_splits(config.data)
+    device = resolve_device(config.train.device)
+    model = load_checkpoint(checkpoint, device)
+    loader = eval_loader(splits.test, config.data, config.train.batch_size)
+    return evaluate(model, loader, splits.test, splits.classes, device)
+
+
+def _provenance(config: ExperimentConfig, stage: str, sections: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "experiment": config.name,
+        "config": config.model_dump(mode="json"),
+        "config_digest": config.digest(*sections),
+        "input_size": config.data.input_size,
+    }
