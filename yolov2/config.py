@@ -107,8 +107,9 @@ class TrainConfig(Section):
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(16, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # darknet's SGD; AdamW converges faster from scratch
     lr: float = Field(1e-3, gt=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD's momentum, AdamW's beta1
     weight_decay: float = Field(5e-4, ge=0)
     burn_in: int = Field(100, ge=0)  # steps of darknet's (step/burn_in)^4 warm-up
     schedule: Literal["steps", "cosine", "constant"] = "cosine"

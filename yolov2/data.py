@@ -274,10 +274,74 @@ class VOCDetection(torch.utils.data.Dataset[tuple[Tensor, Target]]):
         }
 
 
-def collate_detections(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, list[Target]]:
+def collate_detections(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, TargetBatch]:
     """Stack same-size images to (B, 3, H, W); targets stay a list, one dict per image."""
     images, targets = zip(*batch, strict=True)
-    return torch.stack(images), list(targets)
+    return torch.stack(images), TargetBatch(targets)
+
+
+class TargetBatch(list[Target]):
+    """A batch's targets, one dict per image, which leave a DataLoader worker packed.
+
+    Each tensor a worker sends costs a shared-memory file and a descriptor passed over a socket: with
+    boxes, labels and difficult flags per image, that cost the main process more than the images
+    did, and the loader nearly a third of its throughput. Packed, the batch sends one tensor per key
+    (every image's boxes concatenated, and so on), split again into per-image views on arrival.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unpack_targets, (_pack_targets(self),)
+
+
+_BOX_METADATA = ("format", "canvas_size", "clamping_mode")  # the last since torchvision 0.23
+
+
+class _Packed(NamedTuple):
+    flat: Tensor  # the images' tensors of one key, concatenated along the first dimension
+    lengths: list[int]
+    boxes: list[dict[str, Any]] | None  # each image's BoundingBoxes metadata, when they are boxes
+
+
+def _pack_targets(targets: Sequence[Target]) -> dict[str, Any]:
+    packed: dict[str, Any] = {}
+    for key in targets[0] if targets else ():
+        values = [target[key] for target in targets]
+        if not _concatenable(values):
+            packed[key] = values
+            continue
+        boxes = None
+        if all(isinstance(v, tv_tensors.BoundingBoxes) for v in values):
+            boxes = [{k: getattr(v, k) for k in _BOX_METADATA if hasattr(v, k)} for v in values]
+        flat = torch.cat([v.as_subclass(Tensor) for v in values])
+        packed[key] = _Packed(flat, [len(v) for v in values], boxes)
+    return packed
+
+
+def _concatenable(values: Sequence[Any]) -> bool:
+    first = values[0]
+    return all(
+        isinstance(v, Tensor)
+        and v.dim() > 0
+        and (v.dtype, v.shape[1:]) == (first.dtype, first.shape[1:])
+        for v in values
+    )
+
+
+def _unpack_targets(packed: dict[str, Any]) -> TargetBatch:
+    columns: dict[str, list[Any]] = {}
+    for key, value in packed.items():
+        if not isinstance(value, _Packed):
+            columns[key] = value
+            continue
+        parts = list(value.flat.split(value.lengths))
+        if value.boxes is not None:
+            parts = [
+                tv_tensors.BoundingBoxes(part, **metadata)
+                for part, metadata in zip(parts, value.boxes, strict=True)
+            ]
+        columns[key] = parts
+    count = len(next(iter(columns.values()))) if columns else 0
+    return TargetBatch({key: column[i] for key, column in columns.items()} for i in range(count))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -304,7 +368,8 @@ def _plain(image: Tensor) -> Tensor:
 
 def _to_float(image: Tensor) -> Tensor:
     # Planar memory for the float image: the colour arithmetic and the model read it plane by plane.
-    return F.to_dtype(image.contiguous(), torch.float32, scale=True)
+    converted: Tensor = F.to_dtype(image.contiguous(), torch.float32, scale=True)
+    return converted
 
 
 # The hexcone: at hue h (in sixths of a turn, [0, 6)) channel c lies `chroma * profile_c(h)` below
@@ -346,10 +411,11 @@ def _hue_shifted_depths(image: Tensor, top: Tensor, hue: float) -> Tensor:
 
 
 def crop_replicate(image: Tensor, top: int, left: int, height: int, width: int) -> Tensor:
-    """darknet's crop_image of a (3, H, W) image: a window that may reach out of the image, where
-    the edge pixels repeat. A view when the window is inside; otherwise a copy of the window only,
-    built from the inside part and its repeated edge rows and columns (padding the whole image
-    first cost seven times more), in channels-last memory, the layout uint8 resizing is fastest on.
+    """darknet's crop_image: a window of a (3, H, W) image, edge pixels repeated where it reaches out.
+
+    A view when the window is inside the image; otherwise a copy of the window alone, built from its
+    inside part and repeated edge rows and columns (padding the whole image first cost 7 times
+    more), in channels-last memory, the layout that uint8 resizing is fastest on.
     """
     img_h, img_w = image.shape[-2:]
     x0, x1 = max(0, left), min(img_w, left + width)
@@ -469,26 +535,6 @@ class EvalTransform:
     def _padding(scaled: tuple[int, int], side: int) -> list[int]:
         left, top = (side - scaled[1]) // 2, (side - scaled[0]) // 2
         return [left, top, side - scaled[1] - left, side - scaled[0] - top]
-
-
-def train_transform(
-    size: int,
-    *,
-    jitter: float = 0.2,
-    hue: float = 0.1,
-    saturation: float = 1.5,
-    exposure: float = 1.5,
-    flip: bool = True,
-) -> DarknetAugment:
-    """darknet's training augmentation to size x size; set `.size` or index by (i, size) to change."""
-    return DarknetAugment(
-        size, jitter=jitter, hue=hue, saturation=saturation, exposure=exposure, flip=flip
-    )
-
-
-def eval_transform(size: int, letterbox: bool = False) -> EvalTransform:
-    """Evaluation resize to size x size (darknet v2) or letterbox; `.to_original` maps boxes back."""
-    return EvalTransform(size, letterbox)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,13 +23,13 @@ from yolov2.boxes import ImageDetections, postprocess, to_voc_pixels
 from yolov2.config import DataConfig, TrainConfig
 from yolov2.data import (
     Annotation,
+    DarknetAugment,
+    EvalTransform,
     VOCDetection,
     collate_detections,
-    eval_transform,
     load_image,
     make_synthetic_voc,
     read_voc,
-    train_transform,
 )
 from yolov2.errors import InputError, TrainingDivergedError
 from yolov2.evaluate import METRICS, VOCEvaluator, mean_ap, precision_recall
@@ -125,15 +125,7 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
 def train_loader(
     annotations: Sequence[Annotation], data: DataConfig, train: TrainConfig
 ) -> DataLoader[Any]:
-    augment = data.augment
-    transform = train_transform(
-        data.input_size,
-        jitter=augment.jitter,
-        hue=augment.hue,
-        saturation=augment.saturation,
-        exposure=augment.exposure,
-        flip=augment.flip,
-    )
+    transform = DarknetAugment(data.input_size, **data.augment.model_dump())
     dataset = VOCDetection(annotations, transform, keep_difficult=False)
     generator = torch.Generator().manual_seed(train.seed)
     sizes = train.multiscale or [data.input_size]
@@ -151,7 +143,7 @@ def train_loader(
 def eval_loader(
     annotations: Sequence[Annotation], data: DataConfig, batch_size: int
 ) -> DataLoader[Any]:
-    dataset = VOCDetection(annotations, eval_transform(data.input_size, data.letterbox))
+    dataset = VOCDetection(annotations, EvalTransform(data.input_size, data.letterbox))
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -178,18 +170,17 @@ def lr_factor(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; weight decay on convolution weights only, as darknet decays."""
+def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (darknet's) or AdamW; weight decay on convolution weights only, as darknet."""
     decayed = [p for n, p in model.named_parameters() if n.endswith("conv.weight")]
     plain = [p for n, p in model.named_parameters() if not n.endswith("conv.weight")]
-    return torch.optim.SGD(
-        [
-            {"params": decayed, "weight_decay": train.weight_decay},
-            {"params": plain, "weight_decay": 0.0},
-        ],
-        lr=train.lr,
-        momentum=train.momentum,
-    )
+    groups = [
+        {"params": decayed, "weight_decay": train.weight_decay},
+        {"params": plain, "weight_decay": 0.0},
+    ]
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train.lr, betas=(train.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
 
 
 @dataclass
@@ -426,7 +417,7 @@ def detect(
     model.eval()
     device = next(model.parameters()).device
     size = input_size or model.arch.input_size[0]
-    transform = eval_transform(size, letterbox)
+    transform = EvalTransform(size, letterbox)
     results = []
     for path in image_paths:
         image = load_image(Path(path))

@@ -167,29 +167,15 @@ def run(
 ) -> PipelineResult:
     """dense → prune (one shot or in rounds) → finetune → measure; metrics.json beside the checkpoint."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_resolved(config, out)
     splits = load_splits(config.data)
+    if config.prune.method != "none":  # a wrong ratio count fails before the dense model trains
+        arch = architecture(config.model, len(splits.classes), config.data.input_size)
+        expand_ratios(arch, config.prune.ratio, config.prune.ratios)
+    write_resolved(config, out)
     # 1. dense
     dense = cached_dense(config, splits)
-    model, masks = dense.model, None
-    # 2. prune and 3. finetune, `iterations` rounds; the last finetune is the one reported
-    rounds = config.prune.iterations if config.prune.method != "none" else 1
-    final: dict[str, Any] = {"map": dense.map, "map_voc12": dense.map_voc12}
-    for round_index in range(1, rounds + 1):
-        model, masks = prune(model, config.prune, dense.model.arch, round_index / rounds)
-        tuned = fit(
-            model,
-            splits,
-            data=config.data,
-            train=config.finetune,
-            loss=config.loss,
-            out_dir=out / f"finetune_{round_index}",
-            report=report if round_index == rounds else None,
-            masks=masks,
-            tag=f"finetune {round_index}/{rounds}",
-        )
-        model, final = tuned.model, tuned.final
+    # 2. prune and 3. finetune
+    model, evaluation = prune_and_finetune(dense, config, splits, out, report)
     # 4. measure
     checkpoint = save_checkpoint(
         model,
@@ -197,10 +183,36 @@ def run(
         **_provenance(config, "pipeline", ()),
         classes=splits.classes,
     )
-    metrics = measure(model, checkpoint, config, final)
-    metrics["dense_map"] = dense.map
+    metrics = {**measure(model, checkpoint, config, evaluation), "dense_map": dense.map}
     write_text_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2))
     return PipelineResult(checkpoint, metrics)
+
+
+def prune_and_finetune(
+    dense: Stage, config: ExperimentConfig, splits: Splits, out: Path, report: Report | None
+) -> tuple[YOLOv2, dict[str, Any]]:
+    """`prune.iterations` rounds of prune + finetune; the last finetune is the one reported.
+
+    With `prune.method: none` the dense model is measured as it is: the baseline of a search.
+    """
+    model = dense.model
+    evaluation: dict[str, Any] = {"map": dense.map, "map_voc12": dense.map_voc12}
+    rounds = config.prune.iterations if config.prune.method != "none" else 0
+    for index in range(1, rounds + 1):
+        model, masks = prune(model, config.prune, dense.model.arch, index / rounds)
+        tuned = fit(
+            model,
+            splits,
+            data=config.data,
+            train=config.finetune,
+            loss=config.loss,
+            out_dir=out / f"finetune_{index}",
+            report=report if index == rounds else None,
+            masks=masks,
+            tag=f"finetune {index}/{rounds}",
+        )
+        model, evaluation = tuned.model, tuned.final
+    return model, evaluation
 
 
 def measure(

@@ -18,19 +18,22 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from yolov2.data import (
     SYNTHETIC_CLASSES,
     VOC_CLASSES,
+    DarknetAugment,
+    EvalTransform,
     VOCDetection,
     collate_detections,
+    crop_replicate,
     distort_hsv,
-    eval_transform,
     load_image,
     make_synthetic_voc,
     parse_voc_xml,
     read_voc,
-    train_transform,
 )
 from yolov2.errors import InputError
 
@@ -230,7 +233,7 @@ def test_training_targets_drop_difficult(devkit: Path, keep: bool, labels: list[
 
 def test_collate_stacks_images_and_lists_targets(devkit: Path) -> None:
     annotations = read_voc(devkit, [("2007", "trainval"), ("2012", "trainval")], VOC_CLASSES)
-    dataset = VOCDetection(annotations, eval_transform(32))
+    dataset = VOCDetection(annotations, EvalTransform(32))
     loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=collate_detections)
     images, targets = next(iter(loader))
     assert images.shape == (3, 3, 32, 32)
@@ -241,9 +244,50 @@ def test_collate_stacks_images_and_lists_targets(devkit: Path) -> None:
     torch.testing.assert_close(targets[0]["boxes"][0], torch.tensor([0.0, 0.0, 5.0, 40 / 3]))
 
 
+def test_targets_cross_from_a_worker_intact() -> None:
+    # A batch's targets leave a worker packed into one tensor per key: what arrives must be the same
+    # dicts, in order, with empty targets, BoundingBoxes metadata and plain values kept.
+    def sample(
+        n: int, canvas: tuple[int, int], image_id: str
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        boxes = [[i, 2 * i, i + 5.5, 2 * i + 3] for i in range(n)]
+        target = _target(boxes, canvas, list(range(n)), [i % 2 == 1 for i in range(n)])
+        if n == 0:  # as the dataset makes them: typed even when empty
+            target["labels"] = torch.zeros(0, dtype=torch.int64)
+            target["difficult"] = torch.zeros(0, dtype=torch.bool)
+            target["boxes"] = tv_tensors.BoundingBoxes(
+                torch.zeros(0, 4), format="XYXY", canvas_size=canvas
+            )
+        target["image_id"] = image_id
+        return torch.full((3, 4, 4), float(n)), target
+
+    samples = [sample(2, (30, 40), "a"), sample(0, (9, 9), "b"), sample(3, (50, 20), "c")]
+    sent = collate_detections(samples)
+    loader = torch.utils.data.DataLoader(
+        samples, batch_size=3, collate_fn=collate_detections, num_workers=1
+    )
+    images, targets = next(iter(loader))
+    assert torch.equal(images, sent[0])
+    assert isinstance(targets, list)
+    assert len(targets) == 3
+    for got, want in zip(targets, sent[1], strict=True):
+        assert list(got) == list(want)
+        for key, value in want.items():
+            assert type(got[key]) is type(value)
+            assert (
+                torch.equal(got[key], value)
+                if isinstance(value, torch.Tensor)
+                else got[key] == value
+            )
+        assert got["boxes"].canvas_size == want["boxes"].canvas_size
+        assert got["boxes"].format == want["boxes"].format
+        assert got["labels"].dtype == torch.int64
+        assert got["difficult"].dtype == torch.bool
+
+
 @pytest.mark.parametrize("size", [32, 64, 96])
 def test_size_per_item_and_settable_size(devkit: Path, size: int) -> None:
-    transform = train_transform(416)
+    transform = DarknetAugment(416)
     dataset = VOCDetection(read_voc(devkit, [("2007", "trainval")], VOC_CLASSES), transform)
     image, target = dataset[(1, size)]  # what a multi-scale batch sampler yields
     assert image.shape == (3, size, size)
@@ -288,7 +332,7 @@ def _bright_extent(image: torch.Tensor, near: list[float] | None = None) -> list
 def test_flip_mirrors_box_exactly() -> None:
     box = (5, 10, 25, 30)
     identity = {"jitter": 0.0, "hue": 0.0, "saturation": 1.0, "exposure": 1.0}
-    transform = train_transform(64, **identity)
+    transform = DarknetAugment(64, **identity)
     seen = set()
     for seed in range(12):
         torch.manual_seed(seed)
@@ -306,7 +350,7 @@ def test_jitter_keeps_boxes_on_the_object_and_labels_aligned() -> None:
     # Object 0 (label 7) hugs the left edge, so a strong jitter often crops it away; object 1
     # (label 3, difficult) stays. Labels and difficult flags must follow their boxes.
     boxes = [[0, 20, 6, 40], [50, 30, 80, 60]]
-    transform = train_transform(96, jitter=0.45, hue=0.0, saturation=1.0, exposure=1.0)
+    transform = DarknetAugment(96, jitter=0.45, hue=0.0, saturation=1.0, exposure=1.0)
     dropped = 0
     for seed in range(20):
         torch.manual_seed(seed)
@@ -339,8 +383,159 @@ def test_distort_hsv_matches_darknet_hsv_arithmetic(
         assert got == pytest.approx([min(max(c, 0.0), 1.0) for c in want], abs=1e-5)
 
 
+# The transforms as first written: pad the whole image, crop, resize, then an HSV round trip. Slow
+# (the reason they were rewritten) but plainly darknet's steps; the fast ones must agree with them.
+_REFERENCE_SANITIZE = v2.SanitizeBoundingBoxes(
+    min_size=1.0, labels_getter=lambda sample: (sample[1]["labels"], sample[1]["difficult"])
+)
+
+
+def _reference_distort(
+    image: torch.Tensor, hue: float, saturation: float, exposure: float
+) -> torch.Tensor:
+    image = F.adjust_hue(image, hue) if hue != 0 else image
+    top = image.max(dim=-3, keepdim=True).values
+    return ((top + saturation * (image - top)) * exposure).clamp(0, 1)
+
+
+def _reference_augment(
+    image: tv_tensors.Image,
+    target: dict[str, Any],
+    side: int,
+    *,
+    jitter: float,
+    hue: float,
+    s: float,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """darknet's load_data_region with the same draws, in the same order, as DarknetAugment."""
+    height, width = image.shape[-2:]
+    dw, dh = int(width * jitter), int(height * jitter)
+    left, right = (int(v) for v in torch.randint(-dw, dw + 1, (2,)))
+    top, bottom = (int(v) for v in torch.randint(-dh, dh + 1, (2,)))
+    crop_w, crop_h = width - left - right, height - top - bottom
+    pad = [max(0, -left), max(0, -top), max(0, -right), max(0, -bottom)]
+    padded = F.pad(image, pad, padding_mode="edge")
+    image = F.crop(padded, max(0, top), max(0, left), crop_h, crop_w)
+    boxes = F.crop(target["boxes"], top, left, crop_h, crop_w)
+    image, boxes = F.resize(image, [side, side]), F.resize(boxes, [side, side])
+    image = F.to_dtype(image, torch.float32, scale=True)
+    if torch.rand(()).item() < 0.5:
+        image, boxes = F.horizontal_flip(image), F.horizontal_flip(boxes)
+    dhue = hue * (2 * torch.rand(()).item() - 1)
+    scales = []
+    for _ in range(2):  # darknet's rand_scale for saturation, then exposure
+        scale = 1 + (s - 1) * torch.rand(()).item()
+        scales.append(scale if torch.rand(()).item() < 0.5 else 1 / scale)
+    image = _reference_distort(image, dhue, *scales)
+    boxes = F.clamp_bounding_boxes(boxes)
+    out: tuple[torch.Tensor, dict[str, Any]] = _REFERENCE_SANITIZE(
+        (image, {**target, "boxes": boxes})
+    )
+    return out
+
+
+def _photo(height: int, width: int, seed: int, channels_last: bool = True) -> tv_tensors.Image:
+    """A uint8 image with gradients, flat patches, greys and noise, laid out as `load_image` does."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    pixels = np.stack([xx / width * 255, yy / height * 255, (xx + yy) % 97 * 2.6], axis=-1)
+    pixels += rng.normal(0, 12, pixels.shape)
+    pixels[: height // 3, : width // 4] = rng.integers(0, 256, 3)  # a flat colour: equal channels
+    pixels[height // 2 :, width // 2 :, :] = pixels[height // 2 :, width // 2 :, :1]  # greys
+    hwc = torch.from_numpy(np.clip(pixels, 0, 255).astype(np.uint8))
+    return tv_tensors.Image(
+        hwc.permute(2, 0, 1) if channels_last else hwc.permute(2, 0, 1).contiguous()
+    )
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_darknet_augment_matches_the_full_pad_reference(channels_last: bool) -> None:
+    boxes = [[0, 20, 6, 40], [50, 30, 80, 60], [100, 2, 150, 90], [3, 60, 149, 99]]
+    settings = {"jitter": 0.3, "hue": 0.5, "saturation": 1.5, "exposure": 1.5}
+    transform = DarknetAugment(96, **settings)
+    kept = 0
+    for seed in range(24):
+        image = _photo(100, 150, seed, channels_last)
+        target = _target(boxes, (100, 150), [1, 2, 3, 4], [False, True, False, False])
+        torch.manual_seed(seed)
+        got, got_target = transform(image, target)
+        torch.manual_seed(seed)
+        want, want_target = _reference_augment(image, target, 96, jitter=0.3, hue=0.5, s=1.5)
+        assert got.shape == (3, 96, 96)
+        assert got.is_contiguous()
+        assert type(got) is torch.Tensor
+        # The same uint8 pixels resized; the closed-form HSV agrees with the round trip to float error.
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+        for key in ("boxes", "labels", "difficult"):
+            torch.testing.assert_close(got_target[key], want_target[key], atol=0, rtol=0)
+        assert isinstance(got_target["boxes"], tv_tensors.BoundingBoxes)
+        assert got_target["boxes"].canvas_size == (96, 96)
+        kept += len(got_target["labels"])
+    assert kept < 4 * 24  # some boxes were cropped away and dropped with their labels
+
+
+WINDOWS = {
+    "inside": (10, 20, 50, 60),
+    "whole": (0, 0, 40, 70),
+    "out left and top": (-7, -5, 30, 40),
+    "out right and bottom": (25, 45, 30, 40),
+    "out on all sides": (-9, -11, 60, 95),
+    "a column out right": (0, 69, 40, 2),
+}  # (top, left, height, width) in a 40 x 70 image
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("window", WINDOWS.values(), ids=WINDOWS.keys())
+def test_crop_replicate_equals_padding_the_whole_image(
+    window: tuple[int, int, int, int], channels_last: bool
+) -> None:
+    top, left, height, width = window
+    image = _photo(40, 70, seed=1, channels_last=channels_last).as_subclass(torch.Tensor)
+    pad = [max(0, -left), max(0, -top), max(0, left + width - 70), max(0, top + height - 40)]
+    padded = F.pad(image, pad, padding_mode="edge")
+    want = F.crop(padded, max(0, top), max(0, left), height, width)
+    got = crop_replicate(image, top, left, height, width)
+    assert torch.equal(got, want)
+    # darknet's crop_image reads pixel (clamp(x), clamp(y)) of the original for every window pixel.
+    rows = torch.arange(top, top + height).clamp(0, 39)
+    cols = torch.arange(left, left + width).clamp(0, 69)
+    assert torch.equal(got, image[:, rows][:, :, cols])
+
+
+def test_distort_hsv_matches_colorsys_on_every_kind_of_pixel() -> None:
+    # Random 8-bit pixels plus the awkward ones: greys, ties between the two largest channels,
+    # primaries and secondaries, black and white; hue shifts up to half a turn either way.
+    rng = np.random.default_rng(0)
+    special = [(0, 0, 0), (255, 255, 255), (90, 90, 90), (255, 0, 0), (0, 255, 0), (0, 0, 255),
+               (255, 255, 0), (0, 255, 255), (255, 0, 255), (200, 200, 10), (10, 200, 200),
+               (200, 10, 200), (1, 0, 0)]  # fmt: skip
+    pixels = np.concatenate([np.array(special), rng.integers(0, 256, (200, 3))]) / 255
+    image = torch.tensor(pixels.T, dtype=torch.float32).reshape(3, 1, -1)
+    for hue, saturation, exposure in [
+        (0.5, 1, 1),
+        (-0.5, 1, 1),
+        (0.31, 1.5, 0.67),
+        (-0.07, 0.6, 1.5),
+    ]:
+        got = distort_hsv(image.clone(), hue, saturation, exposure).reshape(3, -1).T
+        for out, rgb in zip(got.tolist(), pixels.tolist(), strict=True):
+            h, s, v = colorsys.rgb_to_hsv(*rgb)
+            want = colorsys.hsv_to_rgb((h + hue) % 1.0, s * saturation, v * exposure)
+            assert out == pytest.approx([min(max(c, 0.0), 1.0) for c in want], abs=2e-6)
+
+
+def test_load_image_is_a_channels_last_view(devkit: Path) -> None:
+    path = devkit / "VOC2007" / "JPEGImages" / "000005.jpg"
+    image = load_image(path)
+    assert image.shape == (3, 48, 64)
+    assert image.dtype == torch.uint8
+    assert image.stride() == (1, 64 * 3, 3)
+    with Image.open(path) as pil:
+        assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(np.array(pil.convert("RGB"))))
+
+
 def test_eval_letterbox_pads_grey_and_maps_boxes_back() -> None:
-    transform = eval_transform(32, letterbox=True)
+    transform = EvalTransform(32, letterbox=True)
     target = _target([[8.0, 4.0, 40.0, 28.0]], (32, 64), [1], [False])
     image, out = transform(_white_box_image(32, 64, (8, 4, 40, 28)), target)
     assert image.shape == (3, 32, 32)
@@ -354,7 +549,7 @@ def test_eval_letterbox_pads_grey_and_maps_boxes_back() -> None:
 
 
 def test_eval_resize_maps_boxes_back() -> None:
-    transform = eval_transform(32)
+    transform = EvalTransform(32)
     _, out = transform(
         _white_box_image(48, 64, (0, 0, 8, 8)),
         _target([[16.0, 12.0, 64.0, 48.0]], (48, 64), [1], [True]),

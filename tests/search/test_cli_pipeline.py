@@ -1,0 +1,154 @@
+"""train, pipeline, prune, eval, predict, compare and export on the smoke experiment, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.search.test_cli import _assert_one_line_error, _run
+from yolov2.checkpoint import checkpoint_metadata, load_checkpoint
+from yolov2.data import read_voc
+
+SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One dense training and one filter pipeline of the smoke experiment, shared by the tests."""
+    root = tmp_path_factory.mktemp("cli")
+    where = [
+        "--set",
+        f"cache_dir={root / 'cache'}",
+        "--set",
+        f"data.root={root / 'data' / 'VOCdevkit'}",
+    ]
+    assert _run(["train", str(SMOKE), *where, "--out", str(root / "dense")]) == 0
+    assert _run(["pipeline", str(SMOKE), *where, "--out", str(root / "pruned")]) == 0
+    return {
+        "root": root,
+        "dense": root / "dense" / "model.safetensors",
+        "pruned": root / "pruned" / "model.safetensors",
+        "voc": root / "data" / "VOCdevkit",
+    }
+
+
+def test_train_writes_a_checkpoint_with_its_config_and_tensorboard(
+    trained: dict[str, Path],
+) -> None:
+    run_dir = trained["dense"].parent
+    meta = checkpoint_metadata(trained["dense"])["meta"]
+    assert meta["stage"] == "dense"
+    assert 0 <= meta["metrics"]["map"] <= 1
+    assert (run_dir / "config.yaml").exists()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_pipeline_writes_every_metric(trained: dict[str, Path]) -> None:
+    metrics = json.loads((trained["pruned"].parent / "metrics.json").read_text())
+    assert {"map", "map_voc12", "size_mb", "params", "gflops", "latency_ms"} <= set(metrics)
+    dense, pruned = load_checkpoint(trained["dense"]), load_checkpoint(trained["pruned"])
+    assert sum(pruned.arch.widths) < sum(dense.arch.widths)
+
+
+def test_eval_json_uses_the_data_recorded_in_the_checkpoint(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert _run(["eval", str(trained["dense"]), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"map", "map_voc12", "ap"}
+    recorded = checkpoint_metadata(trained["dense"])["meta"]["metrics"]
+    assert result["map"] == pytest.approx(recorded["map"])
+    assert len(result["ap"]) == 8
+
+
+def test_predict_draws_pngs_and_writes_voc_results(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    images = [a.image_path for a in read_voc(trained["voc"], [("2007", "test")], _classes())[:2]]
+    argv = ["predict", str(trained["dense"]), *map(str, images), "--out", str(tmp_path / "png")]
+    assert _run([*argv, "--results-dir", str(tmp_path / "results")]) == 0
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == sorted(
+        f"{p.stem}.png" for p in images
+    )
+    assert len(list((tmp_path / "results").glob("comp4_det_test_*.txt"))) == 8
+
+
+def test_compare_writes_the_three_figures(trained: dict[str, Path], tmp_path: Path) -> None:
+    assert (
+        _run(["compare", str(trained["dense"]), str(trained["pruned"]), "--out", str(tmp_path)])
+        == 0
+    )
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "boxes.png" in names
+    assert "layers.png" in names
+    assert any(name.startswith("weights_") for name in names)
+
+
+def test_prune_then_export_to_onnx(trained: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "pruned.safetensors"
+    argv = ["prune", str(trained["dense"]), "--method", "weight", "--ratio", "0.7"]
+    assert _run([*argv, "--out", str(out)]) == 0
+    assert checkpoint_metadata(out)["meta"]["prune"]["ratio"] == 0.7
+    assert _run(["export", str(out), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    onnx.checker.check_model(str(tmp_path / "onnx" / "model.onnx"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ratio", "1.0"], "less than 1"),
+        (["--ratio", "-0.2"], "greater than or equal to 0"),
+        (["--ratios", "0.1,0.2"], "expected 1, 6 (per stage) or 22 (per layer) ratios"),
+        (["--ratios", "0.1,x"], "expected comma-separated numbers"),
+    ],
+)
+def test_invalid_ratios_are_one_line(
+    trained: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    capsys.readouterr()
+    argv = [
+        "prune",
+        str(trained["dense"]),
+        "--method",
+        "filter",
+        *extra,
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_bad_experiment_key_is_one_line_naming_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert _run(["train", str(SMOKE), "--set", "train.lrr=1", "--out", str(tmp_path / "t")]) == 2
+    _assert_one_line_error(capsys.readouterr().err, "train", SMOKE)
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_missing_experiment_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    missing = tmp_path / "nope.yaml"
+    assert _run(["pipeline", str(missing), "--out", str(tmp_path / "p")]) == 2
+    _assert_one_line_error(capsys.readouterr().err, "pipeline", missing)
+
+
+def _classes() -> list[str]:
+    from yolov2.data import SYNTHETIC_CLASSES
+
+    return list(SYNTHETIC_CLASSES)
