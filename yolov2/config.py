@@ -46,6 +46,21 @@ class SyntheticConfig(Section):
     num_trainval: int = Field(1600, ge=1)
     num_test: int = Field(400, ge=1)
     seed: int = 0
+    objects_per_image: tuple[int, int] = (1, 6)  # drawn uniformly, inclusive
+    object_size: tuple[float, float] = (0.08, 0.6)  # object side / the image's shorter side
+    max_rotation_deg: float = Field(20.0, ge=0, le=180)
+    max_aspect: float = Field(1.6, ge=1)
+    clutter: int = Field(10, ge=0)  # mean distractor strokes and blobs per image
+    noise: float = Field(8.0, ge=0)  # per-pixel Gaussian noise, grey levels
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SyntheticConfig:
+        low, high = self.objects_per_image
+        if not 0 <= low <= high:
+            raise ValueError("objects_per_image is (min, max) with 0 <= min <= max")
+        if not 0 < self.object_size[0] <= self.object_size[1] <= 1:
+            raise ValueError("object_size is (min, max) with 0 < min <= max <= 1")
+        return self
 
 
 class AugmentConfig(Section):

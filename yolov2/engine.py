@@ -59,13 +59,7 @@ class Splits:
 def load_splits(data: DataConfig) -> Splits:
     """Read the configured VOCdevkit sets, generating the synthetic data set first if asked to."""
     if data.synthetic is not None:
-        make_synthetic_voc(
-            data.root,
-            num_trainval=data.synthetic.num_trainval,
-            num_test=data.synthetic.num_test,
-            seed=data.synthetic.seed,
-            classes=data.class_names(),
-        )
+        make_synthetic_voc(data.root, classes=data.class_names(), **data.synthetic.model_dump())
     if not data.root.is_dir():
         raise InputError(f"{data.root}: data folder not found (data.root)")
     classes = data.class_names()

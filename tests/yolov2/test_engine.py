@@ -136,3 +136,12 @@ def test_multiscale_batches_change_size_every_ten_batches_and_repeat_per_epoch()
 def test_a_single_leftover_image_is_dropped_but_a_small_data_set_still_trains() -> None:
     assert [len(b) for b in MultiScaleBatchSampler(9, 4, [96], seed=0)] == [4, 4]
     assert [len(b) for b in MultiScaleBatchSampler(3, 8, [96], seed=0)] == [3]
+
+
+def test_the_synthetic_section_reaches_the_generator(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "data.synthetic.objects_per_image=[0,0]")
+    splits = load_splits(config.data)
+    assert len(splits.train) == 24
+    assert all(len(a.labels) == 0 for a in splits.train + splits.test)
+    crowded = smoke_config(tmp_path / "b", "data.synthetic.objects_per_image=[3,3]")
+    assert sum(len(a.labels) for a in load_splits(crowded.data).train) > 24
