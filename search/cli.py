@@ -244,6 +244,7 @@ def _test_images(checkpoint: Path, count: int = 5) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from yolov2.boxes import ImageDetections
     from yolov2.checkpoint import load_checkpoint
     from yolov2.data import load_image
     from yolov2.engine import detect
@@ -255,8 +256,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     found = detect(model, args.images, input_size=args.size, conf_thresh=threshold)
     for path, detections in zip(args.images, found, strict=True):
         shown = detections.scores >= args.conf
-        from yolov2.boxes import ImageDetections
-
         kept = ImageDetections(
             detections.boxes[shown], detections.scores[shown], detections.labels[shown]
         )

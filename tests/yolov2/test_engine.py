@@ -145,3 +145,19 @@ def test_the_synthetic_section_reaches_the_generator(tmp_path: Path) -> None:
     assert all(len(a.labels) == 0 for a in splits.train + splits.test)
     crowded = smoke_config(tmp_path / "b", "data.synthetic.objects_per_image=[3,3]")
     assert sum(len(a.labels) for a in load_splits(crowded.data).train) > 24
+
+
+@pytest.mark.parametrize(("name", "kind"), [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_weight_decay_reaches_only_convolution_weights(name: str, kind: type) -> None:
+    from yolov2.engine import make_optimizer
+    from yolov2.model import build_model, yolov2_tiny_voc
+
+    model = build_model(yolov2_tiny_voc(width=0.25, input_size=(64, 64)))
+    optimizer = make_optimizer(model, TrainConfig(optimizer=name, weight_decay=0.01))  # type: ignore[arg-type]
+    assert isinstance(optimizer, kind)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.01
+    assert plain["weight_decay"] == 0.0
+    convs = {id(block.conv.weight) for block in model.conv_blocks()}
+    assert {id(p) for p in decayed["params"]} == convs
+    assert len(plain["params"]) == len(list(model.parameters())) - len(convs)
