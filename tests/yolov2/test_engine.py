@@ -153,7 +153,7 @@ def test_weight_decay_reaches_only_convolution_weights(name: str, kind: type) ->
     from yolov2.model import build_model, yolov2_tiny_voc
 
     model = build_model(yolov2_tiny_voc(width=0.25, input_size=(64, 64)))
-    optimizer = make_optimizer(model, TrainConfig(optimizer=name, weight_decay=0.01))  # type: ignore[arg-type]
+    optimizer = make_optimizer(model, TrainConfig(optimizer=name, weight_decay=0.01))
     assert isinstance(optimizer, kind)
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.01
