@@ -28,6 +28,13 @@ def _image_size(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 def cmd_import_darknet(args: argparse.Namespace) -> int:
     from yolov2.checkpoint import save_checkpoint
     from yolov2.darknet import load_darknet
@@ -141,6 +148,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         stage.map,
         stage.map_voc12,
     )
+    return 0
+
+
+def cmd_anchors(args: argparse.Namespace) -> int:
+    from yolov2.anchors import box_sizes, kmeans_anchors, mean_best_iou
+    from yolov2.engine import load_splits
+    from yolov2.pipeline import architecture
+
+    config = _load_config(args)
+    splits = load_splits(config.data)
+    size = config.data.input_size
+    sizes = box_sizes(splits.train, size, letterbox=config.data.letterbox)
+    current = architecture(config.model, len(splits.classes), size).anchors
+    anchors = kmeans_anchors(sizes, args.num or len(current), seed=args.seed)
+    listed = ", ".join(f"[{w:.3f}, {h:.3f}]" for w, h in anchors)
+    print(f"# k-means (1 - IoU) over {len(sizes):,} training boxes at input {size} "
+          f"({size // 32} x {size // 32} grid cells)")  # fmt: skip
+    print(f"# mean best IoU: {mean_best_iou(sizes, anchors):.3f} with these anchors, "
+          f"{mean_best_iou(sizes, current):.3f} with the experiment's")  # fmt: skip
+    print(f"model:\n  anchors: [{listed}]")
     return 0
 
 
@@ -343,6 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     _experiment_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="run folder (resumes if interrupted)")
     p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser(
+        "anchors", help="YOLOv2's dimension clusters: k-means anchors for an experiment's data"
+    )
+    _experiment_arguments(p)
+    p.add_argument("--num", type=_positive_int, default=0,
+                   help="number of anchors (default: as many as the experiment has)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="k-means++ seed")
+    p.set_defaults(run=cmd_anchors)
 
     p = commands.add_parser(
         "pipeline", help="dense -> prune -> finetune -> measure, on one machine"

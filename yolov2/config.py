@@ -111,10 +111,16 @@ class DarknetInit(Section):
 class ModelConfig(Section):
     family: Literal["yolov2", "yolov2-tiny"] = "yolov2"
     width: float = Field(1.0, gt=0, le=4)  # multiplier of every layer's filters (multiples of 8)
-    anchors: list[tuple[float, float]] | None = (
-        None  # (w, h) in grid cells; None: darknet's VOC ones
-    )
+    # (w, h) in grid cells; None: darknet's VOC ones. `prune-search anchors` clusters the data's.
+    anchors: list[tuple[float, float]] | None = None
     darknet: DarknetInit | None = None
+
+    @field_validator("anchors")
+    @classmethod
+    def _anchors(cls, value: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if value is not None and (not value or any(w <= 0 or h <= 0 for w, h in value)):
+            raise ValueError(f"anchors are a non-empty list of positive (w, h), got {value}")
+        return value
 
 
 class TrainConfig(Section):
@@ -175,6 +181,65 @@ class PruneConfig(Section):
         return self
 
 
+class Range(Section):
+    """A value the search samples: uniform in [low, high], or log-uniform when `log`."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got [{self.low}, {self.high}]")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class SearchSpace(Section):
+    """What Optuna samples for each trial; a value left out keeps the experiment's own setting."""
+
+    ratio: Range | None = Range(low=0.0, high=0.6)  # pruning ratio of each group below
+    ratio_groups: Literal["uniform", "stage", "layer"] = (
+        "stage"  # one ratio, per stage or per layer
+    )
+    method: list[Literal["weight", "filter"]] | None = (
+        None  # sampled among these; None: prune.method
+    )
+    finetune_lr: Range | None = Range(low=1e-4, high=1e-2, log=True)
+    coord_scale: Range | None = None
+    object_scale: Range | None = None
+    noobject_scale: Range | None = None
+    class_scale: Range | None = None
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_range(cls, value: Range | None) -> Range | None:
+        if value is not None and not (value.low >= 0 and value.high < 1):
+            raise ValueError(f"pruning ratios lie in [0, 1), got [{value.low}, {value.high}]")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError("method lists pruning methods without repeats")
+        return value
+
+
+class SearchConfig(Section):
+    """The search: how many trials, how Optuna picks them, what each trial gets from Ray."""
+
+    num_samples: int = Field(12, ge=1)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"  # multi-objective: map up, size_mb down
+    seed: int = 0
+    max_concurrent: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)  # a fraction shares one GPU between trials
+    space: SearchSpace = SearchSpace()
+
+
 class ExperimentConfig(Section):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
     cache_dir: Path = DEFAULT_CACHE  # synthetic data and dense models shared between runs
@@ -184,6 +249,7 @@ class ExperimentConfig(Section):
     train: TrainConfig = TrainConfig()
     prune: PruneConfig = PruneConfig()
     finetune: TrainConfig = TrainConfig(epochs=5, lr=1e-4, burn_in=0)
+    search: SearchConfig = SearchConfig()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import onnx
 import pytest
+import yaml
 
 from tests.search.test_cli import _assert_one_line_error, _run
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint
+from yolov2.config import load_config
 from yolov2.data import read_voc
 
 SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
@@ -152,3 +155,27 @@ def _classes() -> list[str]:
     from yolov2.data import SYNTHETIC_CLASSES
 
     return list(SYNTHETIC_CLASSES)
+
+
+def test_anchors_prints_yaml_the_experiment_accepts(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--set", f"data.root={trained['voc']}", "--set", f"cache_dir={trained['root']}"]
+    capsys.readouterr()
+    assert _run(["anchors", str(SMOKE), *where, "--num", "3"]) == 0
+    out = capsys.readouterr().out
+    anchors = yaml.safe_load(out)["model"]["anchors"]
+    assert len(anchors) == 3
+    assert all(w > 0 and h > 0 for w, h in anchors)
+    ours, theirs = (float(v) for v in re.findall(r"(\d\.\d+) with", out))
+    assert ours >= theirs  # the clusters fit the data at least as well as darknet's VOC anchors
+    config = load_config(SMOKE, [f"model.anchors={anchors}", *where[1::2]])
+    assert config.model.anchors is not None
+    assert len(config.model.anchors) == 3
+
+
+def test_anchors_rejects_a_count_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _run(["anchors", str(SMOKE), "--num", "0"])
+    assert exit_info.value.code == 2
+    assert "not a positive integer" in capsys.readouterr().err

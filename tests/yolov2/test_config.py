@@ -9,6 +9,7 @@ import pytest
 from yolov2.config import (
     DEFAULT_CACHE,
     PruneConfig,
+    Range,
     SyntheticConfig,
     TrainConfig,
     load_config,
@@ -58,6 +59,16 @@ prune:
 finetune:
   epochs: 2
   lr: 0.0001
+search:
+  num_samples: 40
+  sampler: nsga2
+  gpus_per_trial: 0.5
+  space:
+    ratio: {low: 0.1, high: 0.8}
+    ratio_groups: layer
+    method: [weight, filter]
+    finetune_lr: null
+    noobject_scale: {low: 0.5, high: 2.0}
 """
 
 
@@ -116,6 +127,15 @@ def test_full_file(tmp_path: Path) -> None:
     assert config.train.multiscale == [288, 320, 352]
     assert config.prune == PruneConfig(method="filter", ratios=[0.1, 0.2, 0.3], criterion="bn")
     assert config.finetune == TrainConfig(epochs=2, lr=0.0001)
+    assert (config.search.num_samples, config.search.sampler) == (40, "nsga2")
+    assert config.search.gpus_per_trial == 0.5
+    space = config.search.space
+    assert space.ratio == Range(low=0.1, high=0.8)
+    assert space.ratio_groups == "layer"
+    assert space.method == ["weight", "filter"]
+    assert space.finetune_lr is None
+    assert space.noobject_scale == Range(low=0.5, high=2.0)
+    assert space.coord_scale is None
 
 
 @pytest.mark.parametrize(
@@ -178,6 +198,19 @@ def test_override_replaces_a_file_value_and_keeps_the_rest(tmp_path: Path) -> No
         ("", ["model.family=yolov3"], "model.family", "'yolov2' or 'yolov2-tiny'"),
         ("", ["name=a b"], "name", "should match pattern"),
         ("", ["model.darknet.cfg=x.cfg"], "model.darknet.weights", "Field required"),
+        ("", ["model.anchors=[[1,0]]"], "model.anchors", "positive (w, h)"),
+        ("", ["search.num_samples=0"], "search.num_samples", "greater than or equal to 1"),
+        ("", ["search.sampler=grid"], "search.sampler", "'tpe', 'nsga2' or 'random'"),
+        ("", ["search.space.ratio={low: 0.2, high: 1.0}"], "search.space.ratio", "in [0, 1)"),
+        ("", ["search.space.ratio={low: 0.5, high: 0.2}"], "search.space.ratio", "low must be"),
+        (
+            "",
+            ["search.space.finetune_lr={low: 0, high: 1, log: true}"],
+            "search.space.finetune_lr",
+            "low > 0",
+        ),
+        ("", ["search.space.method=[filter,filter]"], "search.space.method", "without repeats"),
+        ("", ["search.space.depth={low: 1, high: 2}"], "search.space.depth", "unknown key"),
     ],
 )
 def test_bad_values_are_one_line_naming_file_and_key(
