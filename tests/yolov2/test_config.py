@@ -348,3 +348,17 @@ def test_write_resolved_loads_back_equal(tmp_path: Path, text: str) -> None:
     again = load_config(path)
     assert again == config
     assert again.digest() == config.digest()
+
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.name for p in EXPERIMENTS])
+def test_the_shipped_experiments_load(path: Path) -> None:
+    config = load_config(path)
+    assert config.name == path.stem
+    assert config.data.root.is_absolute()
+
+
+def test_the_experiments_folder_holds_the_three_documented_ones() -> None:
+    assert {p.name for p in EXPERIMENTS} >= {"default.yaml", "smoke.yaml", "voc2007.yaml"}
