@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
+from yolov2.boxes import shape_iou
 from yolov2.data import Annotation
 from yolov2.errors import InputError
 
@@ -48,18 +50,14 @@ def box_sizes(
     return np.concatenate(sizes) if sizes else np.zeros((0, 2))
 
 
-def shape_iou(sizes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """(N, K) IoU of (N, 2) box sizes against (K, 2) anchor sizes, both centred at the origin."""
-    inter = np.minimum(sizes[:, None, 0], anchors[None, :, 0]) * np.minimum(
-        sizes[:, None, 1], anchors[None, :, 1]
-    )
-    union = sizes.prod(axis=1)[:, None] + anchors.prod(axis=1)[None, :] - inter
-    return np.asarray(inter / union)
+def _shape_iou(sizes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """`boxes.shape_iou`, the loss's anchor-matching IoU, on float64 arrays."""
+    return shape_iou(torch.from_numpy(sizes), torch.from_numpy(anchors)).numpy()
 
 
 def mean_best_iou(sizes: np.ndarray, anchors: np.ndarray | Sequence[Sequence[float]]) -> float:
     """The average, over boxes, of the IoU with the anchor closest in shape: the paper's Avg IOU."""
-    return float(shape_iou(sizes, np.asarray(anchors, dtype=np.float64)).max(axis=1).mean())
+    return float(_shape_iou(sizes, np.asarray(anchors, dtype=np.float64)).max(axis=1).mean())
 
 
 def kmeans_anchors(
@@ -88,7 +86,7 @@ def _kmeans_once(
     """One k-means++ seeding and Lloyd run; a cluster left empty takes the worst-served box."""
     centres = sizes[[rng.integers(len(sizes))]]
     while len(centres) < k:
-        distance = 1 - shape_iou(sizes, centres).max(axis=1)
+        distance = 1 - _shape_iou(sizes, centres).max(axis=1)
         total = distance.sum()
         if total <= 0:  # fewer distinct shapes than anchors: repeat one
             centres = np.concatenate((centres, centres[:1]))
@@ -96,7 +94,7 @@ def _kmeans_once(
         centres = np.concatenate((centres, sizes[[rng.choice(len(sizes), p=distance / total)]]))
     assignment = np.full(len(sizes), -1)
     for _ in range(iterations):
-        iou = shape_iou(sizes, centres)
+        iou = _shape_iou(sizes, centres)
         new = iou.argmax(axis=1)
         if np.array_equal(new, assignment):
             break

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,18 @@ def postprocess(
         keep = batched_nms(kept_boxes, kept_scores, label, nms_thresh)[:max_detections]
         results.append(ImageDetections(kept_boxes[keep], kept_scores[keep], label[keep]))
     return results
+
+
+def shape_iou(sizes: Tensor, anchors: Tensor) -> Tensor:
+    """(N, K) IoU of (N, 2) (w, h) sizes against (K, 2) anchor sizes, both centred at one point.
+
+    darknet's bias_match: how the region loss gives a truth its anchor, and the distance YOLOv2's
+    k-means clusters anchors by (`yolov2.anchors`).
+    """
+    iou: Tensor = box_iou(
+        torch.cat((-sizes, sizes), -1) / 2, torch.cat((-anchors, anchors), -1) / 2
+    )
+    return iou
 
 
 def to_voc_pixels(boxes: Tensor, height: int, width: int) -> Tensor:

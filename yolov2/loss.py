@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-from torchvision.ops import box_iou
+
+from yolov2.boxes import shape_iou
 
 # exp(±_MAX_LOG_WH) bounds the decoded box size to 1e-3..1e3 anchors: no inf from exp(tw) in the IoUs.
 _MAX_LOG_WH = math.log(1e3)
@@ -213,10 +214,7 @@ def _build_targets(
     j = centre[..., 1].floor().long().clamp(0, h - 1)
     # Best anchor by shape alone (bias_match=1): both boxes centred at the origin. argmax keeps the
     # first of equal IoUs, as darknet's strict `iou > best_iou` does.
-    shape_iou = box_iou(
-        torch.cat((-wh, wh), -1).view(-1, 4) / 2, torch.cat((-anchors, anchors), -1) / 2
-    )
-    n = shape_iou.view(b, n_max, a).argmax(-1)
+    n = shape_iou(wh.reshape(-1, 2), anchors).view(b, n_max, a).argmax(-1)
     img = torch.arange(b, device=p.device)[:, None].expand(b, n_max)
 
     # Darknet overwrites the deltas of an anchor in truth order, so a later truth on the same cell

@@ -6,17 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.yolov2.conftest import WriteVocTree
-from yolov2.anchors import box_sizes, kmeans_anchors, mean_best_iou, shape_iou
+from yolov2.anchors import box_sizes, kmeans_anchors, mean_best_iou
+from yolov2.boxes import shape_iou
 from yolov2.data import read_voc
 from yolov2.errors import InputError
 from yolov2.model import VOC_ANCHORS
 
 
 def test_shape_iou_of_centred_boxes() -> None:
-    sizes = np.array([[2.0, 2.0], [1.0, 2.0]])
-    anchors = np.array([[1.0, 1.0], [2.0, 1.0]])
+    sizes = torch.tensor([[2.0, 2.0], [1.0, 2.0]], dtype=torch.float64)
+    anchors = torch.tensor([[1.0, 1.0], [2.0, 1.0]], dtype=torch.float64)
     np.testing.assert_allclose(shape_iou(sizes, anchors), [[0.25, 0.5], [0.5, 1 / 3]])
 
 
