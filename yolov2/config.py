@@ -255,10 +255,43 @@ class ExperimentConfig(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def digest(self, *sections: str) -> str:
-        """A stable hash of the named sections (all when none): the cache key of what they make."""
-        dumped = self.model_dump(mode="json")
-        chosen = {name: dumped[name] for name in sections} if sections else dumped
-        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+        """A stable hash of what shapes the weights in the named sections (all when none): the key
+        of every cache. Run-time knobs (RUNTIME_KNOBS) are left out."""
+        chosen = [getattr(self, name) for name in sections] if sections else [self]
+        return shaping_digest(*chosen)
+
+
+# Every field either shapes the weights or is a run-time knob that cannot change them. The knobs
+# are named here, in one place, per section type (so `train` and `finetune` share theirs); every
+# cache key and training-state digest leaves them out. tests/yolov2/test_config.py lists every
+# field, so a new one fails there until it is put on one side or the other.
+RUNTIME_KNOBS: dict[type[BaseModel], frozenset[str]] = {
+    ExperimentConfig: frozenset({"name", "cache_dir", "search"}),
+    DataConfig: frozenset({"workers"}),  # augmentation is drawn per sample: data.sample_seed
+    TrainConfig: frozenset({"device", "eval_every"}),
+}
+
+
+def shaping(section: BaseModel) -> dict[str, Any]:
+    """The fields of `section` that shape the weights, recursively, as JSON-ready values."""
+    skipped = RUNTIME_KNOBS.get(type(section), frozenset())
+    kept: dict[str, Any] = {}
+    for name in type(section).model_fields:
+        if name in skipped:
+            continue
+        value = getattr(section, name)
+        kept[name] = (
+            shaping(value)
+            if isinstance(value, BaseModel)
+            else section.model_dump(mode="json", include={name})[name]
+        )
+    return kept
+
+
+def shaping_digest(*sections: BaseModel) -> str:
+    """A stable 16-hex-digit hash of what shapes the weights in `sections`, in the order given."""
+    chosen = [[type(s).__name__, shaping(s)] for s in sections]
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_config(

@@ -219,16 +219,21 @@ class DetectionTransform(Protocol):
     size: int
 
     def __call__(
-        self, image: tv_tensors.Image, target: Target, size: int | None = None
+        self,
+        image: tv_tensors.Image,
+        target: Target,
+        size: int | None = None,
+        seed: int | None = None,
     ) -> tuple[Tensor, Target]: ...
 
 
 class VOCDetection(torch.utils.data.Dataset[tuple[Tensor, Target]]):
     """Images and targets of a list of annotations.
 
-    An index may be an int or an (index, size) pair: a batch sampler that yields pairs picks the
-    output size per batch (darknet's multi-scale training), and this works in DataLoader workers,
-    where setting `transform.size` in the main process would not reach the workers' copies.
+    An index may be an int, an (index, size) pair or an (index, size, seed) triple: a batch sampler
+    that yields them picks the output size per batch (darknet's multi-scale training) and the seed of
+    each sample's augmentation, and this works in DataLoader workers, where setting `transform.size`
+    in the main process would not reach the workers' copies.
     """
 
     def __init__(
@@ -244,8 +249,9 @@ class VOCDetection(torch.utils.data.Dataset[tuple[Tensor, Target]]):
     def __len__(self) -> int:
         return len(self.annotations)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, Target]:
-        index, size = index if isinstance(index, tuple) else (index, None)
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[Tensor, Target]:
+        index, *rest = key if isinstance(key, tuple) else (key,)
+        size, seed = (*rest, None, None)[:2]
         ann = self.annotations[index]
         image = load_image(ann.image_path)
         height, width = image.shape[-2:]
@@ -257,7 +263,7 @@ class VOCDetection(torch.utils.data.Dataset[tuple[Tensor, Target]]):
         target = self._target(ann)
         if self.transform is None:
             return _to_float(image), target
-        return self.transform(tv_tensors.Image(image), target, size)
+        return self.transform(tv_tensors.Image(image), target, size, seed)
 
     def _target(self, ann: Annotation) -> Target:
         keep = np.ones(len(ann.labels), bool) if self.keep_difficult else ~ann.difficult
@@ -438,10 +444,18 @@ def _repeat_edges(pixels: Tensor, dim: int, before: int, after: int) -> Tensor:
     return torch.cat(parts, dim)
 
 
-def _rand_scale(s: float) -> float:
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation draws: a function of the experiment's seed, the epoch and
+    the sample's index alone, so the weights do not depend on how many loader workers (or threads, or
+    nodes) draw the samples, nor in which order they do."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1  # 62 bits: manual_seed takes below 2**63
+
+
+def _rand_scale(s: float, generator: torch.Generator | None) -> float:
     # darknet's rand_scale: a factor in [1, s], inverted half of the time.
-    scale = 1 + (s - 1) * torch.rand(()).item()
-    return scale if torch.rand(()).item() < 0.5 else 1 / scale
+    scale = 1 + (s - 1) * torch.rand((), generator=generator).item()
+    return scale if torch.rand((), generator=generator).item() < 0.5 else 1 / scale
 
 
 class DarknetAugment:
@@ -449,8 +463,9 @@ class DarknetAugment:
 
     Each side of the image moves in or out by up to `jitter` of its length (edges replicated where
     it moves out), which translates, crops and changes the aspect ratio; the result is resized to
-    size x size, flipped left-right half of the time, and distorted in HSV. Randomness comes from
-    torch's generator, which the DataLoader seeds per worker.
+    size x size, flipped left-right half of the time, and distorted in HSV. Every draw comes from the
+    `seed` the caller passes (the batch sampler's `sample_seed`), so a sample is augmented the same
+    way whichever worker draws it; without one, from torch's global generator.
 
     The geometry runs on uint8 pixels, the colour on the small float output: about 1 ms an image
     besides decoding, on one core, for 160..320-pixel images to 160.
@@ -473,24 +488,32 @@ class DarknetAugment:
         self.saturation, self.exposure = saturation, exposure
 
     def __call__(
-        self, image: tv_tensors.Image, target: Target, size: int | None = None
+        self,
+        image: tv_tensors.Image,
+        target: Target,
+        size: int | None = None,
+        seed: int | None = None,
     ) -> tuple[Tensor, Target]:
         side = size or self.size
+        rng = None if seed is None else torch.Generator().manual_seed(seed)
         pixels = _plain(image)  # a tv_tensor would route every op through __torch_function__
-        top, left, height, width = self._jitter_window(*pixels.shape[-2:])
+        height, width = pixels.shape[-2:]
+        top, left, height, width = self._jitter_window(height, width, rng)
         pixels = F.resize(crop_replicate(pixels, top, left, height, width), [side, side])
         boxes = F.resize(F.crop(target["boxes"], top, left, height, width), [side, side])
-        if self.flip and torch.rand(()).item() < 0.5:
+        if self.flip and torch.rand((), generator=rng).item() < 0.5:
             pixels, boxes = F.horizontal_flip(pixels), F.horizontal_flip(boxes)
-        dhue = self.hue * (2 * torch.rand(()).item() - 1)
-        colour = _rand_scale(self.saturation), _rand_scale(self.exposure)
+        dhue = self.hue * (2 * torch.rand((), generator=rng).item() - 1)
+        colour = _rand_scale(self.saturation, rng), _rand_scale(self.exposure, rng)
         return distort_hsv(_to_float(pixels), dhue, *colour), _sanitize({**target, "boxes": boxes})
 
-    def _jitter_window(self, height: int, width: int) -> tuple[int, int, int, int]:
+    def _jitter_window(
+        self, height: int, width: int, rng: torch.Generator | None
+    ) -> tuple[int, int, int, int]:
         """(top, left, height, width) of the jittered window, in the image's pixels."""
         dw, dh = int(width * self.jitter), int(height * self.jitter)
-        left, right = (int(v) for v in torch.randint(-dw, dw + 1, (2,)))
-        top, bottom = (int(v) for v in torch.randint(-dh, dh + 1, (2,)))
+        left, right = (int(v) for v in torch.randint(-dw, dw + 1, (2,), generator=rng))
+        top, bottom = (int(v) for v in torch.randint(-dh, dh + 1, (2,), generator=rng))
         return top, left, height - top - bottom, width - left - right
 
 
@@ -502,7 +525,12 @@ class EvalTransform:
         self.letterbox = letterbox
 
     def __call__(
-        self, image: tv_tensors.Image, target: Target, size: int | None = None
+        self,
+        image: tv_tensors.Image,
+        target: Target,
+        size: int | None = None,
+        seed: int
+        | None = None,  # nothing is random here; taken so that every transform fits one call
     ) -> tuple[Tensor, Target]:
         side = size or self.size
         scaled = self._scaled_size(image.shape[-2:], side)

@@ -30,6 +30,7 @@ from yolov2.data import (
     load_image,
     make_synthetic_voc,
     read_voc,
+    sample_seed,
 )
 from yolov2.errors import InputError, TrainingDivergedError
 from yolov2.evaluate import METRICS, VOCEvaluator, mean_ap, precision_recall
@@ -78,9 +79,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Shuffled batches of (index, input size), the same for the same epoch, so a resumed run
-    continues exactly; the size is redrawn every 10 batches, as darknet's `random=1` does."""
+class MultiScaleBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """Shuffled batches of (index, input size, augmentation seed), the same for the same epoch, so a
+    resumed run continues exactly; the size is redrawn every 10 batches, as darknet's `random=1`
+    does, and each sample's seed is `sample_seed(seed, epoch, index)`, so the batches and their
+    augmentation do not depend on how many loader workers draw them."""
 
     def __init__(self, num_images: int, batch_size: int, sizes: Sequence[int], seed: int) -> None:
         self.num_images, self.batch_size, self.sizes, self.seed = (
@@ -104,13 +107,13 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
             batches.pop()  # BatchNorm cannot normalise a batch of one image
         return batches
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
         size = rng.choice(self.sizes)
         for count, batch in enumerate(self._batches()):
             if count and count % MULTISCALE_EVERY == 0:
                 size = rng.choice(self.sizes)
-            yield [(i, size) for i in batch]
+            yield [(i, size, sample_seed(self.seed, self.epoch, i)) for i in batch]
 
     def __len__(self) -> int:
         return len(self._batches())
@@ -121,7 +124,6 @@ def train_loader(
 ) -> DataLoader[Any]:
     transform = DarknetAugment(data.input_size, **data.augment.model_dump())
     dataset = VOCDetection(annotations, transform, keep_difficult=False)
-    generator = torch.Generator().manual_seed(train.seed)
     sizes = train.multiscale or [data.input_size]
     batch_sampler = MultiScaleBatchSampler(len(dataset), train.batch_size, sizes, train.seed)
     return DataLoader(
@@ -130,7 +132,6 @@ def train_loader(
         collate_fn=collate_detections,
         num_workers=data.workers,
         persistent_workers=data.workers > 0,
-        generator=generator,
     )
 
 
@@ -354,7 +355,6 @@ def fit(
     with SummaryWriter(str(out / "tensorboard")) as writer:
         while state.epoch < train.epochs:
             loader.batch_sampler.set_epoch(state.epoch)  # type: ignore[union-attr]
-            torch.manual_seed(train.seed * 100_003 + state.epoch)  # augmentation draws, per epoch
             desc = f"{tag} {state.epoch + 1}/{train.epochs}"
             metrics: dict[str, Any] = train_one_epoch(
                 model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -362,3 +363,111 @@ def test_the_shipped_experiments_load(path: Path) -> None:
 
 def test_the_experiments_folder_holds_the_three_documented_ones() -> None:
     assert {p.name for p in EXPERIMENTS} >= {"default.yaml", "smoke.yaml", "voc2007.yaml"}
+
+
+# --- what shapes the weights and what is a run-time knob -----------------------------------------
+
+# Every field of every section, as the test's own literal list: a new field fails here until it is
+# put on one side or the other (RUNTIME_KNOBS in config.py, or this list of fields that shape).
+SHAPING_FIELDS = {
+    "ExperimentConfig": {"data", "model", "loss", "train", "prune", "finetune"},
+    "DataConfig": {
+        "root",
+        "synthetic",
+        "train_sets",
+        "test_sets",
+        "classes",
+        "input_size",
+        "letterbox",
+        "augment",
+    },
+    "TrainConfig": {
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "burn_in",
+        "schedule",
+        "steps",
+        "scales",
+        "multiscale",
+        "clip_grad_norm",
+        "amp",
+        "channels_last",
+        "seed",
+    },
+    "SyntheticConfig": {
+        "num_trainval",
+        "num_test",
+        "seed",
+        "objects_per_image",
+        "object_size",
+        "max_rotation_deg",
+        "max_aspect",
+        "clutter",
+        "noise",
+    },
+    "AugmentConfig": {"jitter", "hue", "saturation", "exposure", "flip"},
+    "DarknetInit": {"cfg", "weights"},
+    "ModelConfig": {"family", "width", "anchors", "darknet"},
+    "LossConfig": {
+        "coord_scale",
+        "object_scale",
+        "noobject_scale",
+        "class_scale",
+        "thresh",
+        "rescore",
+        "prior_warmup_images",
+    },
+    "PruneConfig": {
+        "method",
+        "ratio",
+        "ratios",
+        "scope",
+        "criterion",
+        "min_channels",
+        "round_to",
+        "iterations",
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPING_FIELDS))
+def test_every_field_is_either_shaping_or_a_run_time_knob(name: str) -> None:
+    from yolov2 import config as config_module
+
+    section = getattr(config_module, name)
+    knobs = config_module.RUNTIME_KNOBS.get(section, frozenset())
+    assert not knobs & SHAPING_FIELDS[name]
+    assert knobs | SHAPING_FIELDS[name] == set(section.model_fields)
+
+
+def test_a_run_time_knob_leaves_every_digest_alone(tmp_path: Path) -> None:
+    path = _write(tmp_path, FULL_YAML)
+    base = load_config(path)
+    knobs = ["data.workers=7", "train.eval_every=3", "finetune.device=cpu", "name=renamed"]
+    other = load_config(path, knobs)
+    assert other != base
+    assert other.digest() == base.digest()
+    assert other.digest("data", "train", "finetune") == base.digest("data", "train", "finetune")
+
+
+def test_every_section_that_shapes_the_weights_is_listed() -> None:
+    import typing
+
+    from pydantic import BaseModel
+
+    from yolov2.config import ExperimentConfig, SearchConfig
+
+    def sections(annotation: Any) -> set[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found = {annotation}
+            for field in annotation.model_fields.values():
+                found |= sections(field.annotation)
+            return found
+        return {s for arg in typing.get_args(annotation) for s in sections(arg)}
+
+    reachable = sections(ExperimentConfig) - sections(SearchConfig)  # the search shapes no weights
+    assert {s.__name__ for s in reachable} == set(SHAPING_FIELDS)

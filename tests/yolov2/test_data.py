@@ -461,6 +461,10 @@ def test_darknet_augment_matches_the_full_pad_reference(channels_last: bool) -> 
         got, got_target = transform(image, target)
         torch.manual_seed(seed)
         want, want_target = _reference_augment(image, target, 96, jitter=0.3, hue=0.5, s=1.5)
+        torch.manual_seed(seed + 1000)  # a seeded call ignores torch's global generator
+        seeded, seeded_target = transform(image, target, seed=seed)
+        assert torch.equal(seeded, got)
+        assert torch.equal(seeded_target["boxes"], got_target["boxes"])
         assert got.shape == (3, 96, 96)
         assert got.is_contiguous()
         assert type(got) is torch.Tensor

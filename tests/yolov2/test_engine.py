@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from yolov2.config import ExperimentConfig, TrainConfig, load_config
+from yolov2.data import sample_seed
 from yolov2.engine import MultiScaleBatchSampler, Splits, fit, load_splits, lr_factor
 from yolov2.errors import InputError, TrainingDivergedError
 from yolov2.pipeline import initial_model
@@ -124,13 +125,25 @@ def test_multiscale_batches_change_size_every_ten_batches_and_repeat_per_epoch()
     batches = list(sampler)
     assert len(batches) == len(sampler) == 100
     sizes = [batch[0][1] for batch in batches]
-    assert all(len({size for _, size in batch}) == 1 for batch in batches)
+    assert all(len({size for _, size, _ in batch}) == 1 for batch in batches)
     assert all(len(set(sizes[i : i + 10])) == 1 for i in range(0, 100, 10))
     assert len(set(sizes)) > 1
-    assert sorted(i for batch in batches for i, _ in batch) == list(range(400))
+    assert sorted(i for batch in batches for i, _, _ in batch) == list(range(400))
     assert list(sampler) == batches
     sampler.set_epoch(1)
     assert list(sampler) != batches
+
+
+def test_each_sample_gets_its_own_augmentation_seed_from_seed_epoch_and_index() -> None:
+    sampler = MultiScaleBatchSampler(40, 4, [96], seed=3)
+    first = {i: seed for batch in sampler for i, _, seed in batch}
+    assert first == {i: sample_seed(3, 0, i) for i in range(40)}
+    assert len(set(first.values())) == 40
+    sampler.set_epoch(1)
+    second = {i: seed for batch in sampler for i, _, seed in batch}
+    assert all(second[i] != first[i] for i in range(40))
+    assert sample_seed(3, 0, 5) == sample_seed(3, 0, 5) != sample_seed(4, 0, 5)
+    assert 0 <= sample_seed(2**40, 10**6, 10**7) < 2**63
 
 
 def test_a_single_leftover_image_is_dropped_but_a_small_data_set_still_trains() -> None:

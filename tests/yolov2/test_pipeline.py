@@ -100,3 +100,61 @@ def test_the_same_experiment_starts_from_the_same_weights(tmp_path: Path) -> Non
     a = initial_model(smoke(tmp_path), 8).state_dict()
     b = initial_model(smoke(tmp_path), 8).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- results that do not depend on parallelism --------------------------------------------------
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).state_dict()
+
+
+def test_the_weights_do_not_depend_on_the_loader_workers(tmp_path: Path) -> None:
+    from yolov2.engine import load_splits
+    from yolov2.pipeline import train_dense
+
+    checkpoints = {}
+    for workers in (0, 2):
+        config = smoke(tmp_path, f"data.workers={workers}", "train.eval_every=0")
+        stage = train_dense(config, load_splits(config.data), tmp_path / f"workers{workers}")
+        checkpoints[workers] = _weights(stage.checkpoint)
+    serial, parallel = checkpoints[0], checkpoints[2]
+    assert serial.keys() == parallel.keys()
+    for name, tensor in serial.items():
+        assert torch.equal(tensor, parallel[name]), name
+
+
+@pytest.mark.parametrize(
+    ("knob", "same"),
+    [
+        ("data.workers=2", True),
+        ("train.eval_every=2", True),
+        ("train.device=cpu", True),
+        ("search.num_samples=3", True),
+        ("name=other", True),
+        ("train.lr=0.002", False),
+        ("train.seed=1", False),
+        ("loss.object_scale=4", False),
+        ("data.augment.jitter=0.1", False),
+    ],
+)
+def test_the_dense_cache_is_keyed_on_what_shapes_the_weights(
+    tmp_path: Path, knob: str, same: bool
+) -> None:
+    base = smoke(tmp_path)
+    other = smoke(tmp_path, knob)
+    assert (base.digest(*DENSE_SECTIONS) == other.digest(*DENSE_SECTIONS)) is same
+
+
+def test_another_worker_count_reuses_the_cached_dense_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run(smoke(tmp_path, "prune.method=none"), tmp_path / "a")
+    (dense_dir,) = (tmp_path / "cache" / "dense").iterdir()
+    mtime = (dense_dir / "model.safetensors").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="yolov2.pipeline"):
+        run(smoke(tmp_path, "prune.method=none", "data.workers=1"), tmp_path / "b")
+    assert "dense stage: reusing" in caplog.text
+    assert (dense_dir / "model.safetensors").stat().st_mtime_ns == mtime
+    run(smoke(tmp_path, "prune.method=none", "train.lr=0.002"), tmp_path / "c")
+    assert len(list((tmp_path / "cache" / "dense").iterdir())) == 2
