@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.commands import DEFAULT_EXPERIMENT, add_search_commands
 from yolov2.errors import InputError, TrainingDivergedError
 
 if TYPE_CHECKING:
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("prune-search")
 
 Command = Callable[[argparse.Namespace], int]
-DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "default.yaml"
 
 
 def _image_size(text: str) -> int:
@@ -321,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_search_commands(commands)  # run, resume, pareto, best: search/commands.py
 
     p = commands.add_parser("import-darknet", help="darknet .cfg + .weights -> checkpoint")
     p.add_argument("cfg", type=Path, help="darknet .cfg (YOLOv2 family)")

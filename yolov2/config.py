@@ -181,63 +181,85 @@ class PruneConfig(Section):
         return self
 
 
-class Range(Section):
-    """A value the search samples: uniform in [low, high], or log-uniform when `log`."""
+Scalar = str | bool | int | float
+RATIO_GROUPS = ("uniform", "stage", "layer")
 
-    low: float
-    high: float
+
+class Searched(Section):
+    """One searched field: a float range (uniform, or log-uniform when `log`), an int range when
+    `integer`, or a choice among `choices`. `groups` is for `prune.ratios` alone: one ratio for
+    every prunable convolution (uniform), one per stage or one per layer, each in [low, high].
+    `when` samples the field only while an earlier searched field has the given value (the weight
+    scope only for weight pruning, say); otherwise the experiment's own value holds."""
+
+    low: float | None = None
+    high: float | None = None
     log: bool = False
+    integer: bool = False
+    choices: list[Scalar] | None = None
+    groups: Literal["uniform", "stage", "layer"] | None = None
+    when: dict[str, Scalar] | None = None
 
     @model_validator(mode="after")
-    def _ordered(self) -> Range:
+    def _one_kind(self) -> Searched:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.integer:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices or len(set(map(str, self.choices))) != len(self.choices):
+                raise ValueError("choices is a non-empty list without repeats")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (a range) or choices")
         if not self.low < self.high:
             raise ValueError(f"low must be below high, got [{self.low}, {self.high}]")
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if self.integer and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError(f"an integer range needs whole bounds, got [{self.low}, {self.high}]")
         return self
 
+    @property
+    def kind(self) -> Literal["float", "int", "categorical"]:
+        return "categorical" if self.choices is not None else "int" if self.integer else "float"
 
-class SearchSpace(Section):
-    """What Optuna samples for each trial; a value left out keeps the experiment's own setting."""
 
-    ratio: Range | None = Range(low=0.0, high=0.6)  # pruning ratio of each group below
-    ratio_groups: Literal["uniform", "stage", "layer"] = (
-        "stage"  # one ratio, per stage or per layer
-    )
-    method: list[Literal["weight", "filter"]] | None = (
-        None  # sampled among these; None: prune.method
-    )
-    finetune_lr: Range | None = Range(low=1e-4, high=1e-2, log=True)
-    coord_scale: Range | None = None
-    object_scale: Range | None = None
-    noobject_scale: Range | None = None
-    class_scale: Range | None = None
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio_range(cls, value: Range | None) -> Range | None:
-        if value is not None and not (value.low >= 0 and value.high < 1):
-            raise ValueError(f"pruning ratios lie in [0, 1), got [{value.low}, {value.high}]")
-        return value
-
-    @field_validator("method")
-    @classmethod
-    def _methods(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and (not value or len(set(value)) != len(value)):
-            raise ValueError("method lists pruning methods without repeats")
-        return value
+def _default_space() -> dict[str, Searched]:
+    return {
+        "prune.ratios": Searched(groups="stage", low=0.0, high=0.6),
+        "finetune.lr": Searched(low=1e-4, high=1e-2, log=True),
+    }
 
 
 class SearchConfig(Section):
-    """The search: how many trials, how Optuna picks them, what each trial gets from Ray."""
+    """The search: how many trials, how Optuna picks them, what each trial gets from Ray.
+
+    `space` maps a dotted path of the experiment (`finetune.lr`, `prune.method`, `loss.coord_scale`,
+    `finetune_loss.object_scale`, ...) to how it is searched; search/space.py checks every path,
+    range and ratio count against the experiment before Ray starts. `known_points` are uniform
+    pruning ratios evaluated first (0 is the dense model itself)."""
 
     num_samples: int = Field(12, ge=1)
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"  # multi-objective: map up, size_mb down
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"  # multi-objective: map up, cost down
     seed: int = 0
+    cost: Literal["size_mb", "gflops", "latency_ms"] = "size_mb"  # the objective besides map
     max_concurrent: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)  # a fraction shares one GPU between trials
-    space: SearchSpace = SearchSpace()
+    max_failures: int = Field(0, ge=0)  # retries of a trial that errors (a lost node, say)
+    known_points: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.3, 0.5]
+    space: dict[str, Searched] = Field(default_factory=_default_space)
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, value: dict[str, Searched]) -> dict[str, Searched]:
+        if not value:
+            raise ValueError("the search space is empty: name at least one field to search")
+        for key, searched in value.items():
+            if (searched.groups is not None) != (key == "prune.ratios"):
+                raise ValueError(
+                    f"{key}: groups (uniform, stage or layer) is for prune.ratios, and needed there"
+                )
+        return value
 
 
 class ExperimentConfig(Section):
@@ -249,6 +271,9 @@ class ExperimentConfig(Section):
     train: TrainConfig = TrainConfig()
     prune: PruneConfig = PruneConfig()
     finetune: TrainConfig = TrainConfig(epochs=5, lr=1e-4, burn_in=0)
+    # The loss of the finetune stage; None: the `loss` section. A search over finetune loss scales
+    # sets this, so it leaves the dense model (trained with `loss`) alone.
+    finetune_loss: LossConfig | None = None
     search: SearchConfig = SearchConfig()
 
     def to_yaml(self) -> str:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from yolov2.darknet import load_darknet
 from yolov2.engine import Report, Splits, eval_loader, evaluate, fit, load_splits, resolve_device
 from yolov2.errors import InputError
 from yolov2.files import write_text_atomic
-from yolov2.measure import profile
+from yolov2.measure import count_params, profile
 from yolov2.model import Architecture, YOLOv2, build_model, yolov2_tiny_voc, yolov2_voc
 from yolov2.prune import WeightMasks, expand_ratios, prune_filters, prune_weights, pruned_widths
 
@@ -165,7 +166,11 @@ class PipelineResult:
 def run(
     config: ExperimentConfig, out_dir: str | os.PathLike[str], report: Report | None = None
 ) -> PipelineResult:
-    """dense → prune (one shot or in rounds) → finetune → measure; metrics.json beside the checkpoint."""
+    """dense → prune (one shot or in rounds) → finetune → measure; metrics.json beside the checkpoint.
+
+    `report` gets every finetune epoch's metrics together with the pruned model's costs (size_mb,
+    gflops, ...), which finetuning does not change, so a search sees both objectives every epoch.
+    """
     out = Path(out_dir)
     splits = load_splits(config.data)
     if config.prune.method != "none":  # a wrong ratio count fails before the dense model trains
@@ -177,13 +182,13 @@ def run(
     # 2. prune and 3. finetune
     model, evaluation = prune_and_finetune(dense, config, splits, out, report)
     # 4. measure
-    checkpoint = save_checkpoint(
-        model,
-        out / "model.safetensors",
-        **_provenance(config, "pipeline", ()),
-        classes=splits.classes,
-    )
-    metrics = {**measure(model, checkpoint, config, evaluation), "dense_map": dense.map}
+    checkpoint = save_pruned(model, out / "model.safetensors", config, splits.classes)
+    metrics = {
+        **measure(model, checkpoint, config, dense.model),
+        **_maps(evaluation),
+        "dense_map": dense.map,
+        "pruned_map": float(evaluation["pruned_map"]),
+    }
     write_text_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2))
     return PipelineResult(checkpoint, metrics)
 
@@ -193,41 +198,103 @@ def prune_and_finetune(
 ) -> tuple[YOLOv2, dict[str, Any]]:
     """`prune.iterations` rounds of prune + finetune; the last finetune is the one reported.
 
-    With `prune.method: none` the dense model is measured as it is: the baseline of a search.
+    The evaluation returned holds `pruned_map`, the map after the last pruning and before its
+    finetune. With `prune.method: none` the dense model is measured as it is: the baseline of a
+    search.
     """
     model = dense.model
     evaluation: dict[str, Any] = {"map": dense.map, "map_voc12": dense.map_voc12}
     rounds = config.prune.iterations if config.prune.method != "none" else 0
+    pruned_map = dense.map
     for index in range(1, rounds + 1):
         model, masks = prune(model, config.prune, dense.model.arch, index / rounds)
+        last = index == rounds
+        if last:
+            pruned_map = evaluate_model(model, config, splits)["map"]
         tuned = fit(
             model,
             splits,
             data=config.data,
             train=config.finetune,
-            loss=config.loss,
+            loss=config.finetune_loss or config.loss,
             out_dir=out / f"finetune_{index}",
-            report=report if index == rounds else None,
+            report=_with_costs(
+                report,
+                model,
+                config=config,
+                dense=dense.model,
+                splits=splits,
+                pruned_map=pruned_map,
+            )
+            if last
+            else None,
             masks=masks,
             tag=f"finetune {index}/{rounds}",
         )
         model, evaluation = tuned.model, tuned.final
-    return model, evaluation
+    return model, {**evaluation, "pruned_map": pruned_map}
+
+
+def _with_costs(
+    report: Report | None,
+    model: YOLOv2,
+    *,
+    config: ExperimentConfig,
+    dense: YOLOv2,
+    splits: Splits,
+    pruned_map: float,
+) -> Report | None:
+    """`report` with the pruned model's costs added to every epoch, measured once before finetuning
+    (which keeps the architecture and the zeros, so the costs hold for every epoch), and `map` the
+    latest evaluated one (after pruning, until the finetune first evaluates)."""
+    if report is None:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = save_pruned(model, Path(scratch) / "model.safetensors", config, splits.classes)
+        costs = measure(model, checkpoint, config, dense)
+    forward = report  # the narrowed type, for the closure
+    latest = {"map": pruned_map, "pruned_map": pruned_map}
+
+    def with_costs(metrics: dict[str, Any]) -> None:
+        latest.update({k: metrics[k] for k in ("map", "map_voc12") if k in metrics})
+        forward({**costs, **metrics, **latest})
+
+    return with_costs
+
+
+def evaluate_model(model: YOLOv2, config: ExperimentConfig, splits: Splits) -> dict[str, Any]:
+    """map, map_voc12 and per-class AP of `model` on the config's test sets."""
+    device = resolve_device(config.train.device)
+    loader = eval_loader(splits.test, config.data, config.train.batch_size)
+    return evaluate(model.to(device), loader, splits.test, splits.classes, device)
+
+
+def save_pruned(model: YOLOv2, path: Path, config: ExperimentConfig, classes: list[str]) -> Path:
+    """The pipeline's checkpoint of `model`: its size is the `size_mb` every view shows."""
+    return save_checkpoint(model, path, **_provenance(config, "pipeline", ()), classes=classes)
+
+
+def _maps(evaluation: dict[str, Any]) -> dict[str, float]:
+    return {"map": float(evaluation["map"]), "map_voc12": float(evaluation["map_voc12"])}
 
 
 def measure(
-    model: YOLOv2, checkpoint: Path, config: ExperimentConfig, evaluation: dict[str, Any]
+    model: YOLOv2, checkpoint: Path, config: ExperimentConfig, dense: YOLOv2
 ) -> dict[str, Any]:
-    """4. measure: every metric of design.md, with the names Ray, CSV and TensorBoard share."""
+    """4. measure: every cost metric of design.md, with the names Ray, CSV and TensorBoard share.
+
+    `sparsity` is 1 - nonzero params / the dense model's params, so weight- and filter-pruned models
+    share one axis (a filter-pruned model has few zeros, but far fewer params than the dense one).
+    """
     device = resolve_device(config.train.device)
-    cost = profile(model.to(device), checkpoint, (config.data.input_size, config.data.input_size))
+    size = (config.data.input_size, config.data.input_size)
+    cost = profile(model.to(device), checkpoint, size)
+    dense_params, _ = count_params(dense)
     return {
-        "map": float(evaluation["map"]),
-        "map_voc12": float(evaluation["map_voc12"]),
         "size_mb": cost.size_mb,
         "params": cost.params,
         "nonzero_params": cost.nonzero_params,
-        "sparsity": cost.sparsity,
+        "sparsity": 1.0 - cost.nonzero_params / dense_params,
         "gflops": cost.gflops,
         "latency_ms": cost.latency_ms,
         "node": socket.gethostname(),
@@ -252,11 +319,7 @@ def config_of_checkpoint(checkpoint: Path) -> ExperimentConfig:
 
 def evaluate_checkpoint(checkpoint: Path, config: ExperimentConfig) -> dict[str, Any]:
     """map, map_voc12 and per-class AP of a checkpoint on the config's test sets."""
-    splits = load_splits(config.data)
-    device = resolve_device(config.train.device)
-    model = load_checkpoint(checkpoint, device)
-    loader = eval_loader(splits.test, config.data, config.train.batch_size)
-    return evaluate(model, loader, splits.test, splits.classes, device)
+    return evaluate_model(load_checkpoint(checkpoint), config, load_splits(config.data))
 
 
 def _provenance(config: ExperimentConfig, stage: str, sections: tuple[str, ...]) -> dict[str, Any]:

@@ -1,0 +1,254 @@
+"""The commands that search: `run`, `resume`, `pareto` and `best`, each parser beside its function.
+
+Ray and Optuna are imported inside the functions, so `prune-search <other command> --help` stays
+fast; `pareto` and `best` read the experiment folder alone and never start Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from yolov2.errors import InputError
+
+if TYPE_CHECKING:
+    from search.pareto import Front
+    from search.tuner import Outcome
+
+log = logging.getLogger("prune-search")
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "default.yaml"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search import tuner
+    from yolov2.config import load_config
+
+    overrides = [
+        *args.set,
+        *([f"search.num_samples={args.num_samples}"] if args.num_samples else []),
+    ]
+    config = load_config(args.experiment, overrides)
+    directory = (args.storage / (args.name or config.name)).resolve()
+    outcome = tuner.run(config, str(args.experiment), directory, args.address)
+    return _conclude(outcome)
+
+
+def add_run(commands: Any) -> None:
+    p = commands.add_parser("run", help="search: Ray Tune trials sampled by Optuna -> Pareto front")
+    p.add_argument("experiment", type=Path, nargs="?", default=DEFAULT_EXPERIMENT,
+                   help="experiment YAML (default: experiments/default.yaml)")  # fmt: skip
+    p.add_argument("--address", default=None,
+                   help="a running Ray cluster ('auto', or host:port); default: a new loopback "
+                        "Ray instance on this machine")  # fmt: skip
+    p.add_argument("--storage", type=Path, default=Path("runs"),
+                   help="where experiment folders go (default: runs/)")  # fmt: skip
+    p.add_argument("--name", help="experiment folder name (default: the experiment's name)")
+    p.add_argument("--num-samples", type=_positive, help="trials (default: search.num_samples)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set finetune.epochs=4 (repeatable)")  # fmt: skip
+    p.set_defaults(run=cmd_run)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from search import tuner
+
+    directory = args.experiment_dir.resolve()
+    config, _ = tuner.load_experiment(directory)
+    outcome = tuner.resume(directory, args.address)
+    if outcome.finished and len(outcome.front.table) >= config.search.num_samples:
+        log.info("%s: the search has finished", directory)
+    return _conclude(outcome)
+
+
+def add_resume(commands: Any) -> None:
+    p = commands.add_parser("resume", help="finish a search after Ctrl-C or a lost driver")
+    p.add_argument("experiment_dir", type=Path, help="the experiment folder (<storage>/<name>)")
+    p.add_argument("--address", default=None, help="a running Ray cluster (default: loopback)")
+    p.set_defaults(run=cmd_resume)
+
+
+def _conclude(outcome: Outcome) -> int:
+    from search.pareto import format_table
+    from search.tuner import FRONT_PNG, STUDY_FILE, TRIALS_CSV
+
+    front, directory = outcome.front, outcome.directory
+    print(_summary(front))
+    print(format_table(front))
+    print(_failures(front), end="")
+    print(
+        f"\ntrials: {directory / TRIALS_CSV}   front plot: {directory / FRONT_PNG}\n"
+        f"look further:\n"
+        f"  tensorboard --logdir {directory}\n"
+        f"  optuna-dashboard sqlite:///{directory / STUDY_FILE}\n"
+        f"  prune-search pareto {directory} --cost gflops\n"
+        f"  prune-search best {directory} --pick knee --out best.safetensors"
+    )
+    if not outcome.finished:
+        print(
+            f"prune-search: the search was interrupted; `prune-search resume {directory}` finishes it",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+def _summary(front: Front) -> str:
+    table = front.table
+    states = table["state"].value_counts().to_dict()
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+    return (
+        f"{len(table)} trials ({counts or 'none finished'}); Pareto front of map against "
+        f"{front.cost}: {len(front.points)} points, hypervolume {front.hypervolume:.4g} "
+        f"({front.normalised_hypervolume:.3f} of the dense model's map x {front.cost}, reference "
+        f"point map 0, {front.cost} {front.reference_cost:.4g})"
+    )
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from search.pareto import format_table
+
+    directory = args.experiment_dir.resolve()
+    front = _front(directory, args.cost)
+    print(_summary(front))
+    print(format_table(front))
+    print(_failures(front), end="")
+    _write_views(directory, front, args.csv, args.plot)
+    return 0
+
+
+def _failures(front: Front) -> str:
+    """One line for each trial that failed or was stopped, with its error."""
+    failed = front.table[front.table["state"] != "COMPLETE"]
+    lines = [
+        f"  {row['trial_id']} {row['state']}: {row['error'] or 'stopped early'}\n"
+        for _, row in failed.iterrows()
+    ]
+    return ("not on the front:\n" + "".join(lines)) if lines else ""
+
+
+def _write_views(directory: Path, front: Front, csv: Path | None, plot: Path | None) -> None:
+    from search.reporting import front_figure
+    from yolov2.files import atomic_path
+
+    if csv is not None:
+        with atomic_path(csv) as temporary:
+            front.table.to_csv(temporary, index=False)
+        log.info("wrote %s", csv)
+    if plot is not None:
+        with atomic_path(plot) as temporary:
+            front_figure(front).savefig(temporary, format="png")
+        log.info("wrote %s", plot)
+
+
+def add_pareto(commands: Any) -> None:
+    p = commands.add_parser("pareto", help="the Pareto front of a search: table, CSV, plot")
+    p.add_argument("experiment_dir", type=Path, help="the experiment folder (<storage>/<name>)")
+    p.add_argument("--csv", type=Path, help="write one row per trial, with a `pareto` column")
+    p.add_argument("--plot", type=Path, help="write map against the cost as a PNG")
+    p.add_argument("--cost", choices=["size_mb", "gflops", "latency_ms"],
+                   help="the cost axis (default: the search's own)")  # fmt: skip
+    p.set_defaults(run=cmd_pareto)
+
+
+def _front(directory: Path, cost: str | None) -> Front:
+    from search.pareto import Ledger, pareto_front, trials_table
+    from search.tuner import load_experiment
+
+    config, space = load_experiment(directory)
+    ledger = Ledger.load(directory)
+    return pareto_front(trials_table(ledger, space.columns), cost or config.search.cost)
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from search.pareto import budget_mask, knee, pareto_front
+
+    directory = args.experiment_dir.resolve()
+    front = _front(directory, args.cost)
+    budgets = {
+        name: value
+        for name, value in (
+            ("map", args.min_map),
+            ("size_mb", args.max_size_mb),
+            ("gflops", args.max_gflops),
+            ("latency_ms", args.max_latency_ms),
+        )
+        if value is not None
+    }
+    completed = front.table[front.table["state"] == "COMPLETE"]
+    if not len(completed):
+        raise InputError(f"{directory}: no completed trial to pick from")
+    meets, excess = budget_mask(completed, budgets)
+    if not meets.any():
+        nearest = completed.iloc[int(excess.argmin())]
+        shown = ", ".join(f"{n} {nearest[n]:.4g}" for n in ("map", *budgets) if n != "map")
+        raise InputError(
+            f"no trial meets {_budget_text(budgets)}; the nearest is {nearest['trial_id']} "
+            f"(map {nearest['map']:.4f}, {shown})"
+        )
+    chosen = pareto_front(completed[meets], front.cost).points
+    if args.pick == "best-map":
+        row = chosen.sort_values(["map", front.cost], ascending=[False, True]).iloc[0]
+    elif args.pick == "smallest":
+        row = chosen.sort_values([front.cost, "map"], ascending=[True, False]).iloc[0]
+    else:
+        row = chosen.iloc[knee(chosen["map"], chosen[front.cost])]
+    _copy_checkpoint(directory, row, args.out)
+    print(
+        f"{row['trial_id']}: map {row['map']:.4f} (VOC07), {row['size_mb']:.4g} MB, "
+        f"{row['gflops']:.4g} GFLOPs, {row['latency_ms']:.4g} ms -> {args.out}"
+    )
+    return 0
+
+
+def _budget_text(budgets: dict[str, float]) -> str:
+    names = {
+        "map": "map >=",
+        "size_mb": "size_mb <=",
+        "gflops": "gflops <=",
+        "latency_ms": "latency_ms <=",
+    }
+    return ", ".join(f"{names[n]} {v:g}" for n, v in budgets.items()) or "the budget"
+
+
+def _copy_checkpoint(directory: Path, row: Any, out: Path) -> None:
+    from search.trainable import CHECKPOINT_FILE
+    from yolov2.checkpoint import load_checkpoint
+    from yolov2.files import atomic_path
+
+    source = directory / str(row["checkpoint"]) / CHECKPOINT_FILE
+    if not source.is_file():
+        raise InputError(f"{source}: the checkpoint of trial {row['trial_id']} is missing")
+    load_checkpoint(source)  # refuses a truncated or foreign file before it is copied
+    with atomic_path(out) as temporary:
+        shutil.copyfile(source, temporary)
+
+
+def add_best(commands: Any) -> None:
+    p = commands.add_parser("best", help="the front's checkpoint that fits a budget")
+    p.add_argument("experiment_dir", type=Path, help="the experiment folder (<storage>/<name>)")
+    p.add_argument("--pick", choices=["best-map", "smallest", "knee"], default="best-map",
+                   help="among the front points within the budget (default: best-map)")  # fmt: skip
+    p.add_argument("--min-map", type=float, metavar="X")
+    p.add_argument("--max-size-mb", type=float, metavar="Y")
+    p.add_argument("--max-gflops", type=float, metavar="Z")
+    p.add_argument("--max-latency-ms", type=float, metavar="W")
+    p.add_argument("--cost", choices=["size_mb", "gflops", "latency_ms"],
+                   help="the front's cost axis (default: the search's own)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
+    p.set_defaults(run=cmd_best)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def add_search_commands(commands: Any) -> None:
+    for add in (add_run, add_resume, add_pareto, add_best):
+        add(commands)

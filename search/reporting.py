@@ -1,0 +1,221 @@
+"""What a search shows while it runs and after: the ledger kept as trials finish, a progress line,
+and TensorBoard (an hparams table with the same columns for every trial, the front as a figure, the
+hypervolume after each finished trial); each trial's curves are Ray's, without its hparams.
+
+Ray's own hparams summary covers only searched values and marks failed trials as successes, so
+ours replaces it; it is written by the driver when a trial finishes, under `<exp>/tensorboard`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ray.tune import Callback
+from ray.tune.logger import TBXLoggerCallback
+
+from search.pareto import (
+    COMPLETE,
+    COST_UNITS,
+    FAILED,
+    METRICS,
+    STOPPED,
+    Front,
+    Ledger,
+    TrialRecord,
+    pareto_front,
+    trials_table,
+)
+from search.space import Space, is_finite
+from yolov2.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from ray.tune.experiment import Trial
+
+log = logging.getLogger("prune-search")
+VIEWS_DIR = "tensorboard"
+
+
+class TrialCurves(TBXLoggerCallback):
+    """Ray's per-trial scalars (`ray/tune/<metric>` by iteration), without its hparams summary."""
+
+    def _try_log_hparams(self, trial: Trial, result: dict[str, Any]) -> None:
+        return None
+
+
+class SearchViews(Callback):
+    """Keeps the ledger, the progress line and the TensorBoard views as each trial finishes."""
+
+    def __init__(self, directory: Path, config: ExperimentConfig, space: Space) -> None:
+        self.directory = directory
+        self.config = config
+        self.space = space
+        self._ledger: Ledger | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: no open state
+        return {**self.__dict__, "_ledger": None}
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger.load(self.directory)
+        return self._ledger
+
+    def on_trial_start(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        log.info("trial %s started: %s", trial.trial_id, _shown(trial.config))
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        result = trial.last_result or {}
+        objectives = [result.get("map"), result.get(self.config.search.cost)]
+        if not all(is_finite(v) for v in objectives):
+            state, error = FAILED, "its last report has no finite map and cost"
+        elif not result.get("done"):
+            state, error = STOPPED, ""
+        else:
+            state, error = COMPLETE, ""
+        self._finish(trials, trial, state, error)
+
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        local = Path(trial.error_file) if trial.error_file else None  # before Ray syncs it
+        trace = local.read_text() if local is not None and local.is_file() else trial.get_error()
+        self._finish(trials, trial, FAILED, error_line(trace))
+
+    def _finish(self, trials: list[Trial], trial: Trial, state: str, error: str) -> None:
+        result = trial.last_result or {}
+        checkpoint = trial.checkpoint
+        relative = ""
+        if state == COMPLETE and checkpoint is not None:
+            path = Path(checkpoint.path)
+            relative = str(
+                path.relative_to(self.directory) if path.is_relative_to(self.directory) else path
+            )
+        record = TrialRecord(
+            trial_id=trial.trial_id,
+            state=state,
+            params=dict(trial.config),
+            row=self.space.row(self.config, trial.config),
+            metrics={k: result[k] for k in (*METRICS, "node", "device") if k in result},
+            error=error,
+            checkpoint=relative,
+        )
+        self.ledger.record(record)
+        front = pareto_front(trials_table(self.ledger, self.space.columns), self.config.search.cost)
+        write_views(self.directory, front, self.space.columns, record)
+        log.info("%s", progress_line(trials, front, record))
+
+
+def progress_line(trials: list[Trial], front: Front, record: TrialRecord) -> str:
+    """`trial x COMPLETE map .. | 5 done, 2 running, 5 pending | best map .. | front 3 points`."""
+    states = [t.status for t in trials]
+    running, pending = states.count("RUNNING"), states.count("PENDING")
+    done = int((front.table["state"] == COMPLETE).sum())
+    failed = len(front.table) - done
+    cost = front.cost
+    if record.state == COMPLETE:
+        outcome = (
+            f"map {record.metrics['map']:.4f} at {record.metrics[cost]:.4g} {COST_UNITS[cost]}"
+        )
+    else:
+        outcome = record.error or "stopped early"
+    best = front.table.loc[front.table["state"] == COMPLETE, "map"]
+    best_text = f"best map {best.max():.4f}" if len(best) else "no map yet"
+    return (
+        f"trial {record.trial_id} {record.state}: {outcome} | {done} done, {failed} failed, "
+        f"{running} running, {pending} pending | {best_text} | front {len(front.points)} points, "
+        f"hypervolume {front.normalised_hypervolume:.3f} of the dense model's"
+    )
+
+
+def error_line(trace: object) -> str:
+    """The last line of a trial's traceback that names the exception, without module paths."""
+    lines = [line.strip() for line in str(trace or "").splitlines() if line.strip()]
+    for line in reversed(lines):
+        head, sep, _ = line.partition(":")
+        if sep and head.split(".")[-1].endswith(("Error", "Exception", "Interrupt")):
+            return line[len(head) - len(head.split(".")[-1]) :]
+    return lines[-1] if lines else "failed without an error message"
+
+
+def _shown(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def write_views(
+    directory: Path, front: Front, columns: tuple[str, ...], record: TrialRecord
+) -> None:
+    """The finished trial's hparams, and the front figure and hypervolume at this many trials."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    step = len(front.table)
+    with SummaryWriter(str(directory / VIEWS_DIR / "trials" / record.trial_id)) as writer:
+        for summary in hparams_summaries(record, columns):
+            writer.file_writer.add_summary(summary)
+    with SummaryWriter(str(directory / VIEWS_DIR / "front")) as writer:
+        writer.add_scalar("pareto/hypervolume", front.hypervolume, step)
+        writer.add_scalar("pareto/hypervolume_normalised", front.normalised_hypervolume, step)
+        writer.add_scalar("pareto/front_size", len(front.points), step)
+        writer.add_figure("pareto/front", front_figure(front), step, close=True)
+
+
+def hparams_summaries(record: TrialRecord, columns: tuple[str, ...]) -> list[Any]:
+    """TensorBoard's hparams protos for one trial: every column, every metric, its real status."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+    from torch.utils.tensorboard.summary import hparams
+
+    values = {name: _hparam(record.row.get(name)) for name in columns}
+    metrics = {f"trial/{k}": float(record.metrics.get(k, math.nan)) for k in METRICS}
+    experiment, start, _ = hparams(values, metrics)
+    status = api_pb2.STATUS_SUCCESS if record.state == COMPLETE else api_pb2.STATUS_FAILURE
+    content = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=status), version=0
+    )
+    metadata = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(
+            plugin_name="hparams", content=content.SerializeToString()
+        )
+    )
+    end = Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=metadata)])
+    scalars = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in metrics.items()])
+    return [experiment, start, end, scalars]
+
+
+def _hparam(value: Any) -> Any:
+    if value is None:
+        return "n/a"  # a conditional value this trial did not sample
+    return value if isinstance(value, (bool, str)) else float(value)
+
+
+def front_figure(front: Front) -> Figure:
+    """map against the cost: every trial, the front joined, the dense model marked."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.4), dpi=100)
+    axes = figure.subplots()
+    table, cost = front.table, front.cost
+    done = table[table["state"] == COMPLETE]
+    axes.scatter(done[cost], done["map"], s=22, color="0.6", label="trials")
+    points = front.points
+    axes.plot(points[cost], points["map"], "-o", color="tab:blue", ms=5, label="Pareto front")
+    dense = done[done["dense"].astype(bool)]
+    if len(dense):
+        axes.scatter(dense[cost], dense["map"], marker="*", s=160, color="tab:red", label="dense")
+    failed = int((table["state"] != COMPLETE).sum())
+    axes.set_xlabel(f"{cost} ({COST_UNITS[cost]})")
+    axes.set_ylabel("map (VOC07 11-point, IoU 0.5)")
+    axes.set_title(f"{len(done)} completed trials, {failed} failed or stopped")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,221 @@
+"""The search space: an experiment's `search.space` as an Optuna define-by-run function, checked
+against the experiment before Ray starts, and applied to each trial's config.
+
+A searched key is a dotted path of the experiment (`finetune.lr`, `prune.method`,
+`finetune_loss.coord_scale`); `prune.ratios` is searched as one ratio, one per stage or one per
+prunable layer. Every trial shows the same columns: each searched key as the trial's config has it
+(empty where a `when` condition left it unsampled) and one pruning ratio per prunable layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from yolov2.config import ExperimentConfig, Scalar, Searched
+from yolov2.errors import InputError
+from yolov2.pipeline import DENSE_SECTIONS, architecture
+from yolov2.prune import expand_ratios, prunable_convs, stages
+
+if TYPE_CHECKING:
+    import optuna
+
+RATIOS = "prune.ratios"
+
+
+@dataclass(frozen=True)
+class Space:
+    """What a trial samples, in order, and how its sample becomes an experiment."""
+
+    entries: tuple[tuple[str, Searched], ...]  # the searched keys but prune.ratios, in file order
+    ratios: Searched | None  # prune.ratios, when searched
+    ratio_names: tuple[str, ...]  # the Optuna names of the sampled ratios, one per group
+    layers: int  # prunable convolutions of the architecture
+
+    @property
+    def layer_columns(self) -> tuple[str, ...]:
+        return tuple(f"ratio.layer{index + 1:02d}" for index in range(self.layers))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every trial's parameter columns, the same for every trial: the searched keys, the
+        sampled ratios (per stage, say) and the ratio each prunable layer got from them."""
+        sampled = tuple(n for n in self.ratio_names if n not in self.layer_columns)
+        return tuple(key for key, _ in self.entries) + sampled + self.layer_columns
+
+    @property
+    def touches_dense(self) -> bool:
+        """Whether a trial's sample can change the dense model (then each trial makes its own)."""
+        return any(key.split(".")[0] in DENSE_SECTIONS for key, _ in self.entries)
+
+    def known_points(self, ratios: list[float]) -> list[dict[str, float]]:
+        """Enqueued first: the uniform ratios inside the searched range (0: the dense model)."""
+        if self.ratios is None:
+            return []
+        low, high = self.ratios.low or 0.0, self.ratios.high or 0.0
+        inside = [r for r in ratios if low <= r <= high]
+        return [dict.fromkeys(self.ratio_names, r) for r in inside]
+
+    def apply(self, config: ExperimentConfig, params: Mapping[str, Any]) -> ExperimentConfig:
+        """The experiment of one trial: `config` with the sampled values set; ratios all 0 are the
+        dense model as it is (prune.method none), the baseline of the front."""
+        raw = config.model_dump(mode="json")
+        for key, _ in self.entries:
+            if key in params:
+                _set(raw, key, params[key])
+        if self.ratios is not None:
+            values = [float(params[name]) for name in self.ratio_names]
+            prune = raw["prune"]
+            if len(values) == 1:
+                prune["ratio"], prune["ratios"] = values[0], None
+            else:
+                prune["ratio"], prune["ratios"] = None, values
+            if not any(values):
+                prune["method"] = "none"
+        return ExperimentConfig.model_validate(raw)
+
+    def row(self, config: ExperimentConfig, params: Mapping[str, Any]) -> dict[str, Scalar | None]:
+        """A trial's parameter columns, read back from the experiment it ran."""
+        trial = self.apply(config, params)
+        row: dict[str, Scalar | None] = {
+            key: _get(trial, key) if key in params else None for key, _ in self.entries
+        }
+        prune = trial.prune
+        per_layer = (
+            [0.0] * self.layers
+            if prune.method == "none"
+            else expand_ratios(_architecture(trial), prune.ratio, prune.ratios)
+        )
+        row.update(zip(self.layer_columns, per_layer, strict=True))
+        row.update({name: float(params[name]) for name in self.ratio_names if name in params})
+        return {column: row.get(column) for column in self.columns}
+
+
+def sample(space: Space, trial: optuna.Trial) -> dict[str, Any]:
+    """The define-by-run function (bound to a space with functools.partial, so it pickles)."""
+    params: dict[str, Any] = {}
+    if space.ratios is not None:
+        low, high = space.ratios.low or 0.0, space.ratios.high or 0.0
+        for name in space.ratio_names:
+            params[name] = trial.suggest_float(name, low, high)
+    for key, searched in space.entries:
+        if searched.when and any(params.get(k) != v for k, v in searched.when.items()):
+            continue
+        params[key] = _suggest(trial, key, searched)
+    return params
+
+
+def _suggest(trial: optuna.Trial, key: str, searched: Searched) -> Any:
+    if searched.choices is not None:
+        return trial.suggest_categorical(key, searched.choices)
+    low, high = searched.low or 0.0, searched.high or 0.0
+    if searched.integer:
+        return trial.suggest_int(key, int(low), int(high), log=searched.log)
+    return trial.suggest_float(key, low, high, log=searched.log)
+
+
+def build_space(config: ExperimentConfig, source: str) -> Space:
+    """The experiment's space, every key, range and ratio count checked; errors name `source`."""
+    arch = _architecture(config)
+    layers, groups = len(prunable_convs(arch)), len(stages(arch))
+    if config.prune.method != "none":
+        try:
+            expand_ratios(arch, config.prune.ratio, config.prune.ratios)
+        except InputError as error:
+            raise InputError(f"{source}: prune: {error}") from None
+    entries: list[tuple[str, Searched]] = []
+    ratios: Searched | None = None
+    for key, searched in config.search.space.items():
+        where = f"{source}: search.space.{key}"
+        if key == RATIOS:
+            ratios = _checked_ratios(searched, where)
+            continue
+        _check_condition(searched, dict(entries), where)
+        _check_values(config, key, searched, where)
+        entries.append((key, searched))
+    names: tuple[str, ...] = ()
+    if ratios is not None:
+        count = {"uniform": 1, "stage": groups, "layer": layers}[ratios.groups or "uniform"]
+        kind = {"uniform": "ratio", "stage": "ratio.stage", "layer": "ratio.layer"}
+        width = 2 if ratios.groups == "layer" else 1
+        prefix = kind[ratios.groups or "uniform"]
+        names = (
+            (prefix,) if count == 1 else tuple(f"{prefix}{i + 1:0{width}d}" for i in range(count))
+        )
+    return Space(tuple(entries), ratios, names, layers)
+
+
+def _checked_ratios(searched: Searched, where: str) -> Searched:
+    low, high = searched.low or 0.0, searched.high or 0.0
+    if not 0 <= low < high < 1:
+        raise InputError(f"{where}: pruning ratios lie in [0, 1), got [{low:g}, {high:g}]")
+    if searched.log or searched.integer or searched.when:
+        raise InputError(f"{where}: ratios are a plain [low, high] range (no log, integer, when)")
+    return searched
+
+
+def _check_condition(searched: Searched, earlier: dict[str, Searched], where: str) -> None:
+    for key, value in (searched.when or {}).items():
+        condition = earlier.get(key)
+        if condition is None or condition.choices is None:
+            raise InputError(f"{where}: when {key}: not a choice searched above this key")
+        if value not in condition.choices:
+            raise InputError(f"{where}: when {key}: {value!r} is not one of {condition.choices}")
+
+
+def _check_values(config: ExperimentConfig, key: str, searched: Searched, where: str) -> None:
+    """`key` is a field of the experiment and every value the search can give it is valid there."""
+    current = _get(config, key, where)
+    if isinstance(current, BaseModel):
+        raise InputError(f"{where}: {key} is a section; search one of its fields")
+    if searched.choices is not None:
+        values: list[Any] = list(searched.choices)
+    elif searched.integer:
+        values = [int(searched.low or 0), int(searched.high or 0)]
+    else:
+        values = [searched.low, searched.high]
+    raw = config.model_dump(mode="json")
+    for value in values:
+        _set(raw, key, value)
+        try:
+            ExperimentConfig.model_validate(raw)
+        except ValidationError as error:
+            problem = error.errors()[0]["msg"]
+            raise InputError(f"{where}: {value!r} is not a valid {key} ({problem})") from None
+
+
+def _get(config: ExperimentConfig, key: str, where: str | None = None) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if node is None and part in type(config.loss).model_fields:
+            node = config.loss  # finetune_loss unset: it starts as a copy of `loss`
+        if not isinstance(node, BaseModel) or part not in type(node).model_fields:
+            raise InputError(f"{where or key}: {key} is not a field of the experiment")
+        node = getattr(node, part)
+    return node
+
+
+def _set(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        if node.get(part) is None and part == "finetune_loss":
+            node[part] = dict(raw["loss"])
+        node = node[part]
+    node[leaf] = value
+
+
+def _architecture(config: ExperimentConfig) -> Any:
+    if config.model.darknet is not None and config.model.darknet.cfg is not None:
+        from yolov2.darknet import parse_cfg
+
+        return parse_cfg(config.model.darknet.cfg)[0]
+    return architecture(config.model, len(config.data.class_names()), config.data.input_size)
+
+
+def is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

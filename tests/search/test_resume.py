@@ -1,0 +1,88 @@
+"""A search whose driver is killed with SIGKILL mid-search, then `prune-search resume`: every trial
+once, no finished trial run again, no trial left RUNNING in the study, the views complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from tests.search.conftest import SMOKE, set_arguments, smoke_overrides
+from tests.search.test_search import SPACE, search
+
+NUM_SAMPLES = 6
+
+
+def _records(directory: Path) -> dict[str, dict]:  # type: ignore[type-arg]
+    path = directory / "trials.json"
+    if not path.exists():
+        return {}
+    return {r["trial_id"]: r for r in json.loads(path.read_text())["trials"]}
+
+
+def _group_alive(group: int) -> list[int]:
+    listed = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True, check=True)
+    return [
+        int(p) for p, g in (line.split() for line in listed.stdout.splitlines()) if int(g) == group
+    ]
+
+
+def test_a_search_whose_driver_is_killed_resumes_to_the_end(
+    smoke_cache: Path, tmp_path: Path
+) -> None:
+    overrides = smoke_overrides(smoke_cache, SPACE, "search.max_concurrent=2")
+    command = [
+        sys.executable, "-m", "search.cli", "run", str(SMOKE), "--storage", str(tmp_path),
+        "--num-samples", str(NUM_SAMPLES), *set_arguments(overrides),
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    with (tmp_path / "driver.log").open("w") as log:
+        driver = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
+    directory = tmp_path / "smoke"
+    try:
+        deadline = time.monotonic() + 600
+        while len(_records(directory)) < 2 and driver.poll() is None:
+            assert time.monotonic() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started: all ours
+        driver.wait()
+        for _ in range(50):
+            if not _group_alive(driver.pid):
+                break
+            time.sleep(0.1)
+    assert not _group_alive(driver.pid)
+    before = _records(directory)
+    assert 2 <= len(before) < NUM_SAMPLES
+
+    code, out, err = search(["resume", str(directory)])
+    assert code == 0, err
+    after = _records(directory)
+    assert len(after) == NUM_SAMPLES
+    assert all(r["state"] == "COMPLETE" for r in after.values())
+    for trial_id, record in before.items():  # finished before the kill: kept, not run again
+        assert after[trial_id]["metrics"] == record["metrics"]
+    for trial_dir in directory.glob("ray/trial_*"):  # each pipeline ran to its end exactly once
+        results = [
+            json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()
+        ]
+        assert sum(1 for r in results if r["done"] and not r.get("replayed")) == 1, trial_dir
+    assert len(list(directory.glob("ray/trial_*"))) == NUM_SAMPLES
+
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{directory / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states
+    completed = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["ray_trial_id"] for t in completed) == sorted(after)
+    table = pd.read_csv(directory / "trials.csv")
+    assert len(table) == NUM_SAMPLES
+    assert table["pareto"].any()
+    assert f"{NUM_SAMPLES} trials ({NUM_SAMPLES} complete)" in out

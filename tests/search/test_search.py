@@ -1,0 +1,302 @@
+"""The smoke search end to end on real Ray (loopback), a real SQLite study and real event files:
+the trials table and its front, the study, TensorBoard, `pareto`, `best` + `eval`, a trial that
+diverges, and each bad input that must fail in one line before a search waits on it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+
+from search.cli import main
+from search.pareto import METRICS
+from tests.search.conftest import SMOKE, set_arguments, smoke_overrides
+
+NUM_SAMPLES = 5
+SPACE = "search.space={prune.ratios: {groups: stage, low: 0.0, high: 0.6}, finetune.lr: {low: 0.001, high: 0.004, log: true}}"
+
+
+def search(argv: list[str]) -> tuple[int, str, str]:
+    """`prune-search` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers.clear()  # as in a fresh process: `main` configures logging onto our stderr
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = saved
+        root.setLevel(level)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def searched(smoke_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    storage = tmp_path_factory.mktemp("storage")
+    overrides = smoke_overrides(smoke_cache, SPACE, "search.max_concurrent=2")
+    code, out, err = search(
+        ["run", str(SMOKE), "--storage", str(storage), "--name", "smoke-search",
+         "--num-samples", str(NUM_SAMPLES), *set_arguments(overrides)]
+    )  # fmt: skip
+    return {
+        "code": code,
+        "out": out,
+        "err": err,
+        "dir": storage / "smoke-search",
+        "cache": smoke_cache,
+    }
+
+
+def test_the_search_finishes_and_prints_the_front_and_where_to_look(
+    searched: dict[str, Any],
+) -> None:
+    assert searched["code"] == 0, searched["err"]
+    out, directory = searched["out"], searched["dir"]
+    assert f"{NUM_SAMPLES} trials ({NUM_SAMPLES} complete)" in out
+    assert "<- knee" in out
+    assert f"tensorboard --logdir {directory}" in out
+    assert f"optuna-dashboard sqlite:///{directory / 'study.db'}" in out
+    assert f"prune-search best {directory}" in out
+    assert "done, 0 failed" in searched["err"]  # the progress line of each finished trial
+
+
+def _table(directory: Path) -> pd.DataFrame:
+    return pd.read_csv(directory / "trials.csv")
+
+
+def test_the_trials_csv_has_every_column_and_the_front_computed_by_hand(
+    searched: dict[str, Any],
+) -> None:
+    table = _table(searched["dir"])
+    ratios = [f"ratio.stage{i}" for i in range(1, 7)] + [
+        f"ratio.layer{i:02d}" for i in range(1, 23)
+    ]
+    assert list(table.columns) == [
+        "trial_id", "state", "finetune.lr", *ratios, *METRICS, "node", "device", "error",
+        "checkpoint", "dense", "pareto",
+    ]  # fmt: skip
+    assert len(table) == NUM_SAMPLES
+    assert set(table["state"]) == {"COMPLETE"}
+    assert table["trial_id"].is_unique
+    # distinct, real maps: a front where every map is 0 would test nothing
+    assert table["map"].min() >= 0
+    assert table["map"].nunique() >= 4
+    assert table["map"].max() > 0.5
+    expected = [
+        not any(
+            (o["map"] >= r["map"] and o["size_mb"] <= r["size_mb"])
+            and (o["map"] > r["map"] or o["size_mb"] < r["size_mb"])
+            for _, o in table.iterrows()
+        )
+        for _, r in table.iterrows()
+    ]
+    assert table["pareto"].tolist() == expected
+    # the known points come first: the dense model (ratios 0) and a uniform 0.3
+    dense = table[table["dense"]]
+    assert len(dense) == 1
+    assert (dense[[f"ratio.layer{i:02d}" for i in range(1, 23)]] == 0).all(axis=None)
+    assert dense["sparsity"].abs().max() < 1e-3
+    assert (table["sparsity"][~table["dense"]] > 0).all()
+    assert (table["dense_map"] == dense["map"].iloc[0]).all()
+    assert set(table["node"])
+    assert set(table["device"]) == {"cpu"}
+
+
+def test_the_study_in_sqlite_holds_every_trial_once_with_the_reported_values(
+    searched: dict[str, Any],
+) -> None:
+    directory = searched["dir"]
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{directory / 'study.db'}")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * NUM_SAMPLES
+    table = _table(directory).set_index("trial_id")
+    for trial in trials:
+        row = table.loc[trial.user_attrs["ray_trial_id"]]
+        assert trial.values == [pytest.approx(row["map"]), pytest.approx(row["size_mb"])]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+
+
+def _events(path: Path) -> Any:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(path), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_tensorboard_shows_hparams_with_equal_columns_the_front_and_the_hypervolume(
+    searched: dict[str, Any],
+) -> None:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    views = searched["dir"] / "tensorboard"
+    front = _events(views / "front")
+    volume = front.Scalars("pareto/hypervolume")
+    assert [e.step for e in volume] == list(range(1, NUM_SAMPLES + 1))
+    assert volume[-1].value > 0
+    assert all(b.value >= a.value - 1e-12 for a, b in itertools.pairwise(volume))  # never shrinks
+    assert len(front.Images("pareto/front")) == NUM_SAMPLES
+    columns = []
+    for run in sorted((views / "trials").iterdir()):
+        events = _events(run)
+        content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        columns.append(sorted(start.hparams))
+        assert math.isfinite(events.Scalars("trial/map")[0].value)
+    assert len(columns) == NUM_SAMPLES
+    assert all(c == columns[0] for c in columns)
+    assert "finetune.lr" in columns[0]
+    assert "ratio.layer22" in columns[0]
+    # each trial's curves are Ray's, by iteration
+    trial_dirs = sorted(searched["dir"].glob("ray/trial_*"))
+    assert len(trial_dirs) == NUM_SAMPLES
+    curves = _events(trial_dirs[0])
+    assert "ray/tune/map" in curves.Tags()["scalars"]
+
+
+def test_pareto_writes_the_csv_and_the_plot(searched: dict[str, Any], tmp_path: Path) -> None:
+    code, out, _ = search(
+        ["pareto", str(searched["dir"]), "--csv", str(tmp_path / "t.csv"),
+         "--plot", str(tmp_path / "f.png"), "--cost", "gflops"]
+    )  # fmt: skip
+    assert code == 0
+    assert "Pareto front of map against gflops" in out
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert len(table) == NUM_SAMPLES
+    assert table["pareto"].any()
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("pick", ["best-map", "smallest", "knee"])
+def test_best_gives_a_checkpoint_whose_eval_reproduces_its_trial(
+    searched: dict[str, Any], tmp_path: Path, pick: str
+) -> None:
+    out_path = tmp_path / "best.safetensors"
+    code, out, err = search(["best", str(searched["dir"]), "--pick", pick, "--out", str(out_path)])
+    assert code == 0, err
+    trial_id = out.split(":")[0]
+    row = _table(searched["dir"]).set_index("trial_id").loc[trial_id]
+    assert row["pareto"]
+    front = _table(searched["dir"])
+    front = front[front["pareto"]]
+    if pick == "best-map":
+        assert row["map"] == front["map"].max()
+    if pick == "smallest":
+        assert row["size_mb"] == front["size_mb"].min()
+    code, out, err = search(["eval", str(out_path), "--json"])
+    assert code == 0, err
+    assert json.loads(out)["map"] == row["map"]  # exactly
+
+
+def test_a_budget_nobody_meets_names_the_nearest_trial(
+    searched: dict[str, Any], tmp_path: Path
+) -> None:
+    code, _, err = search(
+        ["best", str(searched["dir"]), "--max-size-mb", "0.001", "--out", str(tmp_path / "x.safetensors")]
+    )  # fmt: skip
+    assert code == 2
+    assert "error: no trial meets size_mb <= 0.001; the nearest is " in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_second_run_into_the_same_folder_points_to_resume(searched: dict[str, Any]) -> None:
+    directory = searched["dir"]
+    code, _, err = search(
+        ["run", str(SMOKE), "--storage", str(directory.parent), "--name", directory.name,
+         *set_arguments(smoke_overrides(searched["cache"]))]
+    )  # fmt: skip
+    assert code == 2
+    assert f"prune-search resume {directory}" in err
+
+
+def test_resuming_a_finished_search_says_so_and_prints_the_front(searched: dict[str, Any]) -> None:
+    code, out, err = search(["resume", str(searched["dir"])])
+    assert code == 0, err
+    assert "the search has finished" in err
+    assert "<- knee" in out
+    assert len(_table(searched["dir"])) == NUM_SAMPLES
+
+
+def test_a_trial_whose_loss_diverges_fails_alone(smoke_cache: Path, tmp_path: Path) -> None:
+    space = (
+        "search.space={prune.ratios: {groups: uniform, low: 0.0, high: 0.5}, "
+        "finetune_loss.noobject_scale: {low: 1.0e+200, high: 1.0e+300, log: true}}"
+    )
+    overrides = smoke_overrides(smoke_cache, space, "search.known_points=[0.0, 0.3]")
+    code, out, err = search(
+        ["run", str(SMOKE), "--storage", str(tmp_path), "--num-samples", "2", *set_arguments(overrides)]
+    )  # fmt: skip
+    assert code == 0, err
+    table = _table(tmp_path / "smoke").set_index("trial_id")
+    assert sorted(table["state"]) == ["COMPLETE", "FAIL"]
+    failed = table[table["state"] == "FAIL"].iloc[0]
+    assert failed["error"].startswith("TrainingDivergedError: finetune 1/1")
+    assert "loss is inf at epoch 1, step 1" in failed["error"]
+    assert not failed["pareto"]
+    assert "TrainingDivergedError" in out  # shown beside the table
+    study = optuna.load_study(
+        study_name="smoke", storage=f"sqlite:///{tmp_path / 'smoke' / 'study.db'}"
+    )
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("search.gpus_per_trial=1", "search.gpus_per_trial is 1, but no node of this Ray cluster has a GPU"),
+        ("search.cpus_per_trial=64", "search.cpus_per_trial is 64, but the largest node of this Ray cluster has"),
+    ],
+)  # fmt: skip
+def test_resources_no_node_has_are_one_line_not_a_search_that_waits(
+    smoke_cache: Path, tmp_path: Path, override: str, problem: str
+) -> None:
+    code, _, err = search(
+        ["run", str(SMOKE), "--storage", str(tmp_path), *set_arguments(smoke_overrides(smoke_cache, override))]
+    )  # fmt: skip
+    assert code == 2
+    assert problem in err
+    assert len(err.strip().splitlines()) == 1 or "error:" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "smoke").exists()  # nothing half-written
+
+
+def test_a_storage_that_cannot_be_written_is_one_line(smoke_cache: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = search(
+        ["run", str(SMOKE), "--storage", str(blocker), *set_arguments(smoke_overrides(smoke_cache))]
+    )  # fmt: skip
+    assert code == 2
+    assert f"{blocker / 'smoke'}: cannot write the experiment folder" in err
+
+
+@pytest.mark.parametrize("command", ["pareto", "best", "resume"])
+def test_a_folder_that_is_not_a_search_is_one_line(tmp_path: Path, command: str) -> None:
+    extra = ["--out", str(tmp_path / "x.safetensors")] if command == "best" else []
+    code, _, err = search([command, str(tmp_path), *extra])
+    assert code == 2
+    assert err.strip() == (
+        f"prune-search {command}: error: {tmp_path}: not a search folder "
+        "(no experiment.yaml and ray/tuner.pkl)"
+    )
+
+
+def test_a_bad_space_is_one_line_before_ray_starts(tmp_path: Path) -> None:
+    code, _, err = search(
+        ["run", str(SMOKE), "--storage", str(tmp_path), "--set", "search.space={finetune.lrr: {low: 0.1, high: 0.2}}"]
+    )  # fmt: skip
+    assert code == 2
+    assert f"{SMOKE}: search.space.finetune.lrr: finetune.lrr is not a field" in err
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,179 @@
+"""The search space: every path, range, condition and ratio count checked before Ray; a sample
+applied to the experiment; the same columns for every trial; a real Optuna define-by-run study."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.space import build_space, sample
+from tests.search.conftest import SMOKE
+from yolov2.config import load_config
+from yolov2.errors import InputError
+
+SPACE = """
+search:
+  space:
+    prune.ratios: {groups: stage, low: 0.0, high: 0.6}
+    prune.method: {choices: [weight, filter]}
+    prune.scope: {choices: [layer, global], when: {prune.method: weight}}
+    prune.criterion: {choices: [l1, bn], when: {prune.method: filter}}
+    finetune.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
+    finetune.epochs: {low: 1, high: 3, integer: true}
+    finetune_loss.coord_scale: {low: 0.5, high: 2.0}
+"""
+
+
+def _config(tmp_path: Path, space: str = SPACE, *overrides: str):  # type: ignore[no-untyped-def]
+    path = tmp_path / "experiment.yaml"
+    path.write_text(SMOKE.read_text() + space)
+    return load_config(path, list(overrides)), str(path)
+
+
+def test_a_stage_space_samples_one_ratio_per_stage_and_shows_one_per_layer(tmp_path: Path) -> None:
+    config, source = _config(tmp_path)
+    space = build_space(config, source)
+    assert space.ratio_names == tuple(f"ratio.stage{i}" for i in range(1, 7))
+    assert space.layers == 22
+    assert space.columns[:6] == (
+        "prune.method",
+        "prune.scope",
+        "prune.criterion",
+        "finetune.lr",
+        "finetune.epochs",
+        "finetune_loss.coord_scale",
+    )
+    assert space.columns[6:12] == space.ratio_names
+    assert space.columns[12:] == tuple(f"ratio.layer{i:02d}" for i in range(1, 23))
+    assert not space.touches_dense
+
+
+def test_a_sample_becomes_the_trial_experiment(tmp_path: Path) -> None:
+    config, source = _config(tmp_path)
+    space = build_space(config, source)
+    params = {
+        **{f"ratio.stage{i}": 0.1 * i for i in range(1, 7)},
+        "prune.method": "filter",
+        "prune.criterion": "bn",
+        "finetune.lr": 0.003,
+        "finetune.epochs": 3,
+        "finetune_loss.coord_scale": 1.5,
+    }
+    trial = space.apply(config, params)
+    assert trial.prune.ratio is None
+    assert trial.prune.ratios == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    assert (trial.prune.method, trial.prune.criterion) == ("filter", "bn")
+    assert (trial.finetune.lr, trial.finetune.epochs) == (0.003, 3)
+    # the finetune loss starts as a copy of `loss`: the dense stage keeps its own
+    assert trial.finetune_loss is not None
+    assert trial.finetune_loss.coord_scale == 1.5
+    assert trial.finetune_loss.object_scale == config.loss.object_scale
+    assert trial.loss == config.loss
+    assert trial.digest("data", "model", "loss", "train") == config.digest(
+        "data", "model", "loss", "train"
+    )
+    row = space.row(config, params)
+    assert row["prune.scope"] is None  # not sampled for filter pruning
+    assert row["prune.criterion"] == "bn"
+    assert row["ratio.stage3"] == pytest.approx(0.3)
+    assert row["ratio.layer01"] == pytest.approx(0.1)
+    assert row["ratio.layer22"] == pytest.approx(0.6)
+    assert list(row) == list(space.columns)
+
+
+def test_ratios_all_zero_are_the_dense_model(tmp_path: Path) -> None:
+    config, source = _config(tmp_path)
+    space = build_space(config, source)
+    (dense, point) = space.known_points([0.0, 0.3, 0.9])  # 0.9 lies outside [0, 0.6]
+    assert dense == dict.fromkeys(space.ratio_names, 0.0)
+    assert point == dict.fromkeys(space.ratio_names, 0.3)
+    trial = space.apply(config, {**dense, "prune.method": "weight", "prune.scope": "layer"})
+    assert trial.prune.method == "none"
+    row = space.row(config, {**dense, "prune.method": "weight", "prune.scope": "layer"})
+    assert row["prune.method"] == "none"
+    assert all(row[f"ratio.layer{i:02d}"] == 0.0 for i in range(1, 23))
+
+
+def test_optuna_samples_the_space_by_define_by_run(tmp_path: Path) -> None:
+    config, source = _config(tmp_path)
+    space = build_space(config, source)
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    seen_methods = set()
+    for _ in range(12):
+        trial = study.ask()
+        params = partial(sample, space)(trial)
+        seen_methods.add(params["prune.method"])
+        assert ("prune.scope" in params) == (params["prune.method"] == "weight")
+        assert ("prune.criterion" in params) == (params["prune.method"] == "filter")
+        assert 1 <= params["finetune.epochs"] <= 3
+        assert isinstance(params["finetune.epochs"], int)
+        assert 1e-4 <= params["finetune.lr"] <= 1e-2
+        assert all(0 <= params[n] <= 0.6 for n in space.ratio_names)
+        assert list(space.row(config, params)) == list(space.columns)
+        study.tell(trial, [0.5, 1.0])
+    assert seen_methods == {"weight", "filter"}
+
+
+@pytest.mark.parametrize(
+    ("space", "problem"),
+    [
+        (
+            "    finetune.lrr: {low: 0.1, high: 0.2}\n",
+            r"finetune\.lrr: finetune\.lrr is not a field",
+        ),
+        ("    finetune: {low: 0.1, high: 0.2}\n", r"finetune is a section"),
+        (
+            "    finetune.lr: {low: 0.1, high: 2.0}\n",
+            r"finetune\.lr: 2\.0 is not a valid finetune\.lr",
+        ),
+        ("    finetune.epochs: {low: -1, high: 3, integer: true}\n", r"-1 is not a valid"),
+        ("    prune.criterion: {choices: [l1, l3]}\n", r"'l3' is not a valid prune\.criterion"),
+        ("    loss.thresh: {low: 0.5, high: 1.5}\n", r"1\.5 is not a valid loss\.thresh"),
+        ("    prune.ratios: {groups: layer, low: 0.2, high: 1.0}\n", r"lie in \[0, 1\)"),
+        (
+            "    prune.scope: {choices: [layer], when: {prune.method: weight}}\n",
+            r"when prune\.method: not a choice searched above",
+        ),
+        (
+            "    prune.method: {choices: [filter]}\n"
+            "    prune.scope: {choices: [layer], when: {prune.method: weight}}\n",
+            r"'weight' is not one of \['filter'\]",
+        ),
+    ],
+)
+def test_a_space_that_does_not_fit_is_one_line_naming_file_and_key(
+    tmp_path: Path, space: str, problem: str
+) -> None:
+    config, source = _config(tmp_path, "search:\n  space:\n" + space)
+    with pytest.raises(InputError, match=problem) as caught:
+        build_space(config, source)
+    message = str(caught.value)
+    assert message.startswith(f"{source}: ")
+    assert "\n" not in message
+
+
+def test_a_ratio_count_that_does_not_fit_the_architecture_is_refused_before_ray(
+    tmp_path: Path,
+) -> None:
+    config, source = _config(
+        tmp_path, "search:\n  space:\n    finetune.lr: {low: 0.001, high: 0.01}\n",
+        "prune.ratio=null", "prune.ratios=[0.1,0.2,0.3]",
+    )  # fmt: skip
+    with pytest.raises(InputError, match=r"prune: expected 1, 6 \(per stage\) or 22 \(per layer\)"):
+        build_space(config, source)
+
+
+def test_a_space_over_the_whole_loop_is_marked_as_touching_the_dense_stage(tmp_path: Path) -> None:
+    config, source = _config(
+        tmp_path, "search:\n  space:\n    loss.coord_scale: {low: 0.5, high: 2}\n"
+    )
+    space = build_space(config, source)
+    assert space.touches_dense
+    trial = space.apply(config, {"loss.coord_scale": 1.7})
+    assert trial.loss.coord_scale == 1.7
+    assert trial.digest("loss") != config.digest("loss")
