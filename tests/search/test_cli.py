@@ -189,6 +189,8 @@ MIX = [
     ("000002", 0, 0.7, C),
     ("000001", 1, 0.6, B),
 ]
+# As MIX, with the FP an inverted box (C's corners swapped), which the devkit scores, not refuses.
+INVERTED = [*MIX[:1], ("000002", 0, 0.8, [260, 80, 200, 10]), *MIX[2:]]
 CAT_VOC07 = (6 * 1 + 5 * 2 / 3) / 11  # recall >= 0 .. 0.5: precision 1; >= 0.6 .. 1: 2/3
 CAT_VOC12 = 0.5 * 1 + 0.5 * 2 / 3  # the area under the monotone envelope
 
@@ -201,6 +203,8 @@ CAT_VOC12 = 0.5 * 1 + 0.5 * 2 / 3  # the area under the monotone envelope
         (MIX, "voc07", CAT_VOC07),
         (MIX, "voc12", CAT_VOC12),
         (MIX[3:], "voc07", 0.0),  # no cat detections at all
+        (INVERTED, "voc07", CAT_VOC07),
+        (INVERTED, "voc12", CAT_VOC12),
     ],
 )
 def test_eval_dets_json(
