@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from yolov2.errors import InputError, TrainingDivergedError
 
 if TYPE_CHECKING:
+    from yolov2.cache import CacheEntry
     from yolov2.config import ExperimentConfig
 
 log = logging.getLogger("prune-search")
@@ -110,6 +111,58 @@ def cmd_make_data(args: argparse.Namespace) -> int:
     )
     log.info("synthetic VOCdevkit ready at %s", root)
     return 0
+
+
+_CACHE_SOURCES = {
+    "PRUNE_SEARCH_CACHE": "set by PRUNE_SEARCH_CACHE",
+    "XDG_CACHE_HOME": "$XDG_CACHE_HOME/prune-search; PRUNE_SEARCH_CACHE would move it",
+    "default": "the default; PRUNE_SEARCH_CACHE or XDG_CACHE_HOME would move it",
+}
+_CACHE_HEADINGS = {
+    "synthetic": "synthetic data sets",
+    "dense": "dense models",
+    "partial": "interrupted generations",
+    "other": "not written by prune-search (--clear leaves it)",
+}
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from yolov2.cache import cache_contents, clear_cache
+    from yolov2.config import cache_location
+
+    root, source = cache_location()
+    print(f"cache: {root} ({_CACHE_SOURCES[source]})")
+    if args.clear:
+        removed = clear_cache(root)
+        for entry in removed:
+            print(f"removed {_cache_line(entry, root)}")
+        print(f"removed {_bytes(sum(e.size_bytes for e in removed))} in {len(removed)} entries")
+    entries = cache_contents(root)
+    if not entries:
+        print("  empty" if root.is_dir() else "  nothing cached (the folder does not exist)")
+        return 0
+    size, files = sum(e.size_bytes for e in entries), sum(e.files for e in entries)
+    print(
+        f"{'left' if args.clear else 'holds'} {_bytes(size)} in {files:,} file{'s' * (files != 1)}"
+    )
+    for kind, heading in _CACHE_HEADINGS.items():
+        shown = [e for e in entries if e.kind == kind]
+        if shown:
+            print(f"{heading}:")
+        for entry in shown:
+            print(f"  {_cache_line(entry, root)}")
+    return 0
+
+
+def _cache_line(entry: CacheEntry, root: Path) -> str:
+    return f"{_bytes(entry.size_bytes):>9}  {entry.path.relative_to(root)}: {entry.about}"
+
+
+def _bytes(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -357,6 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=400, help="images in test")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_make_data)
+
+    p = commands.add_parser(
+        "cache",
+        help="where the cache of synthetic data and dense models is, how big, what it holds",
+        description="Show the cache folder: PRUNE_SEARCH_CACHE, else $XDG_CACHE_HOME/prune-search, "
+        "else ~/.cache/prune-search. An experiment's paths may start with ${cache}/ to live in "
+        "it; its cache_dir key moves that experiment's cache elsewhere.",
+    )
+    p.add_argument("--clear", action="store_true",
+                   help="delete the synthetic data sets and dense models in it (no questions "
+                   "asked; what it deletes is printed, what prune-search did not write stays)")  # fmt: skip
+    p.set_defaults(run=cmd_cache)
 
     p = commands.add_parser("profile", help="params, GFLOPs, size and latency of a checkpoint")
     p.add_argument("checkpoint", type=Path)

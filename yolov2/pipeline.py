@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 DENSE_SECTIONS = ("data", "model", "loss", "train")
 METRICS_FILE = "metrics.json"
+DENSE_CACHE = "dense"  # the cache's folder of dense stages, one folder per digest
+LOCK_FILE = ".lock"  # held while a dense stage is trained into its folder
 
 
 def architecture(model: ModelConfig, num_classes: int, input_size: int) -> Architecture:
@@ -107,9 +109,9 @@ def train_dense(
 
 def cached_dense(config: ExperimentConfig, splits: Splits, report: Report | None = None) -> Stage:
     """The dense stage from the cache, training it first if no run has yet (one trainer at a time)."""
-    directory = config.cache_dir / "dense" / config.digest(*DENSE_SECTIONS)
+    directory = config.cache_dir / DENSE_CACHE / config.digest(*DENSE_SECTIONS)
     directory.mkdir(parents=True, exist_ok=True)
-    with _exclusive(directory / ".lock"):
+    with _exclusive(directory / LOCK_FILE):
         checkpoint = directory / "model.safetensors"
         if checkpoint.exists():
             log.info("dense stage: reusing %s", checkpoint)

@@ -18,7 +18,7 @@ from search.cli import build_parser, main
 from tests.yolov2.conftest import WriteVocTree
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
 from yolov2.darknet import save_darknet
-from yolov2.data import SYNTHETIC_CLASSES, load_image, read_voc
+from yolov2.data import SYNTHETIC_CLASSES, load_image, make_synthetic_voc, read_voc
 from yolov2.evaluate import Detections, write_results
 from yolov2.model import YOLOv2, build_model, yolov2_voc
 
@@ -233,6 +233,71 @@ def test_eval_dets_table(voc: Path, capsys: pytest.CaptureFixture[str]) -> None:
         ["cat", f"{CAT_VOC07:.4f}"],
         ["dog", "1.0000"],
         ["mAP", "(voc07)", f"{(CAT_VOC07 + 1) / 2:.4f}"],
+    ]
+
+
+# --- cache ----------------------------------------------------------------------------------------
+
+
+def test_cache_says_where_how_big_and_what_then_clears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PRUNE_SEARCH_CACHE", str(cache))
+    assert _run(["cache"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"cache: {cache} (set by PRUNE_SEARCH_CACHE)",
+        "  nothing cached (the folder does not exist)",
+    ]
+    make_synthetic_voc(cache / "synthetic" / "VOCdevkit", num_trainval=2, num_test=1, workers=1)
+    dense = cache / "dense" / "0123456789abcdef"
+    dense.mkdir(parents=True)
+    (dense / "config.yaml").write_text("name: default\n")
+    (dense / "metrics.json").write_text('{"map": 0.8181, "map_voc12": 0.8345}')
+    (cache / "VOCdevkit").mkdir()
+    (cache / "VOCdevkit" / "mine.txt").write_text("a real VOC, say\n")
+    assert _run(["cache"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    assert lines[:2] == [
+        f"cache: {cache} (set by PRUNE_SEARCH_CACHE)",
+        f"holds {size / 1e3:.1f} kB in 14 files",  # 3 images x 2, 4 set files, marker; 2; 1
+    ]
+    assert [line.split(":")[0] for line in lines[2::2]] == [
+        "synthetic data sets",
+        "dense models",
+        "not written by prune-search (--clear leaves it)",
+    ]
+    assert lines[3].split("  ")[-1].startswith("synthetic/VOCdevkit: 2 trainval + 1 test images")
+    assert lines[5].endswith(
+        "  dense/0123456789abcdef: experiment default: map 0.8181 (VOC07 11-point), "
+        "map_voc12 0.8345"
+    )
+    assert lines[7].endswith("  VOCdevkit: a folder")
+
+    assert _run(["cache", "--clear"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == ["removed"] * 3
+    assert "synthetic/VOCdevkit: 2 trainval" in lines[1]
+    assert "dense/0123456789abcdef: experiment default" in lines[2]
+    assert lines[3].endswith(" in 2 entries")
+    assert lines[4:] == ["left 16 B in 1 file", "not written by prune-search (--clear leaves it):",
+                         "       16 B  VOCdevkit: a folder"]  # fmt: skip
+    assert sorted(p.name for p in cache.iterdir()) == ["VOCdevkit"]
+
+
+def test_cache_follows_xdg_cache_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("PRUNE_SEARCH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "xdg" / "prune-search").mkdir(parents=True)
+    assert _run(["cache", "--clear"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"cache: {tmp_path / 'xdg' / 'prune-search'} ($XDG_CACHE_HOME/prune-search; "
+        "PRUNE_SEARCH_CACHE would move it)",
+        "removed 0 B in 0 entries",
+        "  empty",
     ]
 
 
