@@ -238,14 +238,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from yolov2.config import PruneConfig
     from yolov2.pipeline import prune
 
+    if args.method == "weight" and args.criterion is not None:
+        raise InputError("--criterion ranks filters: it does nothing with --method weight")
+    if args.method == "filter" and args.scope is not None:
+        raise InputError(
+            "--scope is weight pruning's threshold: it does nothing with --method filter"
+        )
     ratios = _ratios(args.ratios) if args.ratios else None
+    chosen = {"criterion": args.criterion, "scope": args.scope}
     config = _validated_prune(
         PruneConfig,
         method=args.method,
         ratio=args.ratio,
         ratios=ratios,
-        criterion=args.criterion,
-        scope=args.scope,
+        **{key: value for key, value in chosen.items() if value is not None},
     )
     model, _ = prune(load_checkpoint(args.checkpoint), config)
     meta = checkpoint_metadata(args.checkpoint)["meta"]
@@ -279,7 +285,7 @@ def _validated_prune(cls: Any, **values: Any) -> Any:
 def cmd_eval(args: argparse.Namespace) -> int:
     from yolov2.pipeline import config_of_checkpoint, evaluate_checkpoint
 
-    config = _load_config(args) if args.config else config_of_checkpoint(args.checkpoint)
+    config = _load_config(args) if args.config else config_of_checkpoint(args.checkpoint, args.set)
     result = evaluate_checkpoint(args.checkpoint, config)
     ap = result["ap"] if args.metric == "voc07" else result["ap_voc12"]
     if args.json:
@@ -295,8 +301,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from yolov2.checkpoint import load_checkpoint
-    from yolov2.viz import compare
+    from yolov2.viz import MAX_IMAGES, compare
 
+    if args.images and len(args.images) > MAX_IMAGES:
+        raise InputError(f"--images: {len(args.images)} given, boxes.png shows {MAX_IMAGES}")
     dense, pruned = load_checkpoint(args.dense), load_checkpoint(args.pruned)
     classes = _checkpoint_classes(args.pruned, pruned.arch.num_classes)
     images = args.images or _test_images(args.pruned)
@@ -330,6 +338,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from yolov2.engine import detect
     from yolov2.viz import draw_detections, save_png
 
+    if args.image_set is not None and args.results_dir is None:
+        raise InputError("--image-set names the results files: give --results-dir too")
     model = load_checkpoint(args.checkpoint, args.device)
     classes = _checkpoint_classes(args.checkpoint, model.arch.num_classes)
     threshold = 0.005 if args.results_dir else args.conf
@@ -363,7 +373,7 @@ def _write_predictions(
         [d.scores.numpy() for d in found],
         [d.labels.numpy() for d in found],
     )
-    paths = write_results(args.results_dir, args.image_set, classes, detections)
+    paths = write_results(args.results_dir, args.image_set or "test", classes, detections)
     log.info("wrote %d VOC results files into %s", len(paths), args.results_dir)
 
 
@@ -458,10 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     ratio = p.add_mutually_exclusive_group(required=True)
     ratio.add_argument("--ratio", type=float, help="one ratio for every prunable convolution")
     ratio.add_argument("--ratios", help="r1,r2,...: one per prunable convolution or one per stage")
-    p.add_argument("--criterion", choices=["l1", "l2", "bn"], default="l1", help="filter ranking")
-    p.add_argument(
-        "--scope", choices=["layer", "global"], default="layer", help="weight pruning threshold"
-    )
+    p.add_argument("--criterion", choices=["l1", "l2", "bn"],
+                   help="filter pruning: what ranks a filter (default l1)")  # fmt: skip
+    p.add_argument("--scope", choices=["layer", "global"],
+                   help="weight pruning: a threshold per layer (default) or one global")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     p.set_defaults(run=cmd_prune)
 
@@ -470,9 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, help="experiment file (default: the one in the checkpoint)"
     )
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
-    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the experiment (--config's, or else the checkpoint's), "
+                   "e.g. --set data.root=/data/VOCdevkit where the data lives elsewhere")  # fmt: skip
     p.add_argument(
         "--metric", choices=["voc07", "voc12"], default="voc07", help="which AP per class to show"
     )
@@ -501,7 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.25, help="score threshold of the drawn boxes")
     p.add_argument("--size", type=_image_size, help="input size (default: the checkpoint's)")
     p.add_argument("--results-dir", type=Path, help="also write VOC results files here")
-    p.add_argument("--image-set", default="test", help="the <set> in comp4_det_<set>_<class>.txt")
+    p.add_argument("--image-set",
+                   help="with --results-dir: the <set> in comp4_det_<set>_<class>.txt (test)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.set_defaults(run=cmd_predict)
     return parser

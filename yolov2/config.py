@@ -336,6 +336,20 @@ def load_config(
     return _validated(raw, file)
 
 
+def config_from_record(
+    recorded: dict[str, Any], overrides: list[str] | None, source: str | os.PathLike[str]
+) -> ExperimentConfig:
+    """The experiment a run recorded (a checkpoint's metadata), with `key.sub=value` overrides.
+
+    The recorded paths are absolute already; a relative path given by override is taken from the
+    current directory, as any path on the command line. Errors name `source` and the key.
+    """
+    raw = json.loads(json.dumps(recorded))  # a deep copy: overrides must not touch the record
+    for override in overrides or []:
+        _apply_override(raw, override)
+    return _validated(raw, Path(source), Path.cwd())
+
+
 def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
@@ -354,7 +368,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     node[leaf] = value
 
 
-def _validated(raw: dict[str, Any], file: Path) -> ExperimentConfig:
+def _validated(raw: dict[str, Any], file: Path, base: Path | None = None) -> ExperimentConfig:
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as error:
@@ -363,7 +377,7 @@ def _validated(raw: dict[str, Any], file: Path) -> ExperimentConfig:
         problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
         raise InputError(f"{file}: {key}: {problem}{more}") from None
-    return _absolute_paths(config, file.parent.resolve(), file)
+    return _absolute_paths(config, base or file.parent.resolve(), file)
 
 
 def _absolute_paths(config: ExperimentConfig, base: Path, file: Path) -> ExperimentConfig:

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from search.cli import build_parser, main
 from tests.yolov2.conftest import WriteVocTree
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+from yolov2.config import load_config
 from yolov2.darknet import save_darknet
 from yolov2.data import SYNTHETIC_CLASSES, load_image, make_synthetic_voc, read_voc
 from yolov2.evaluate import Detections, write_results
@@ -425,3 +426,82 @@ def test_import_darknet_missing_cfg(tmp_path: Path, capsys: pytest.CaptureFixtur
         == 2
     )
     _assert_one_line_error(capsys.readouterr().err, "import-darknet", cfg)
+
+
+# --- every option given is used, or refused ------------------------------------------------------
+
+
+def _recorded_checkpoint(tmp_path: Path, root: Path) -> Path:
+    """A checkpoint recording an experiment on the `voc` fixture's classes, with data at `root`."""
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(
+        f"data:\n  root: {root}\n  classes: [cat, dog]\n  input_size: 64\n  workers: 0\n"
+        "  train_sets: [[2007, test]]\n  test_sets: [[2007, test]]\n"
+        "train: {batch_size: 2, device: cpu}\n"
+    )
+    record = load_config(experiment).model_dump(mode="json")
+    torch.manual_seed(0)
+    model = build_model(yolov2_voc(num_classes=2, width=0.125, input_size=(64, 64)))
+    return save_checkpoint(model, tmp_path / "moved.safetensors", config=record, classes=CLASSES)
+
+
+def test_eval_set_overrides_the_experiment_recorded_in_the_checkpoint(
+    tmp_path: Path, voc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = tmp_path / "elsewhere" / "VOCdevkit"  # where the data was on the machine that trained
+    checkpoint = _recorded_checkpoint(tmp_path, gone)
+    assert _run(["eval", str(checkpoint), "--json"]) == 2
+    _assert_one_line_error(capsys.readouterr().err, "eval", gone)
+    assert _run(["eval", str(checkpoint), "--set", f"data.root={voc}", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["ap"]) == {"cat", "dog"}
+    assert _run(["eval", str(checkpoint), "--set", "data.input_size=33"]) == 2
+    err = capsys.readouterr().err
+    _assert_one_line_error(err, "eval", checkpoint)
+    assert "data.input_size: Input should be a multiple of 32" in err
+
+
+@pytest.mark.parametrize(
+    ("method", "option", "recorded"),
+    [("filter", ["--criterion", "bn"], ("bn", "layer")), ("weight", ["--scope", "global"], ("l1", "global"))],
+)  # fmt: skip
+def test_prune_records_the_options_it_was_given(
+    tmp_path: Path, method: str, option: list[str], recorded: tuple[str, str]
+) -> None:
+    checkpoint = save_checkpoint(_model(), tmp_path / "dense.safetensors")
+    out = tmp_path / "pruned.safetensors"
+    argv = ["prune", str(checkpoint), "--method", method, "--ratio", "0.5", *option]
+    assert _run([*argv, "--out", str(out)]) == 0
+    prune = checkpoint_metadata(out)["meta"]["prune"]
+    assert (prune["criterion"], prune["scope"]) == recorded
+
+
+IGNORED = {
+    "prune --criterion with weight": (
+        ["prune", "m.safetensors", "--method", "weight", "--ratio", "0.5", "--criterion", "bn",
+         "--out", "out"], "--criterion ranks filters: it does nothing with --method weight"),
+    "prune --scope with filter": (
+        ["prune", "m.safetensors", "--method", "filter", "--ratio", "0.5", "--scope", "global",
+         "--out", "out"], "--scope is weight pruning's threshold: it does nothing with --method filter"),
+    "predict --image-set without --results-dir": (
+        ["predict", "m.safetensors", "a.jpg", "--out", "out", "--image-set", "val"],
+        "--image-set names the results files: give --results-dir too"),
+    "compare with 6 images": (
+        ["compare", "a.safetensors", "b.safetensors", "--images", *"123456", "--out", "out"],
+        "--images: 6 given, boxes.png shows 5"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "message"), IGNORED.values(), ids=IGNORED.keys())
+def test_an_option_that_would_do_nothing_is_an_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"prune-search {argv[0]}: error: {message}"]
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from yolov2.config import (
     SyntheticConfig,
     TrainConfig,
     cache_location,
+    config_from_record,
     default_cache,
     load_config,
     write_resolved,
@@ -397,6 +398,27 @@ def test_a_synthetic_root_left_in_the_old_cache_is_kept_and_named(
     monkeypatch.delenv("XDG_CACHE_HOME")
     load_config(_write(tmp_path, text))  # the cache is there too: nothing to say
     assert caplog.text == ""
+
+
+# --- a recorded experiment --------------------------------------------------------------------
+
+
+def test_config_from_record_applies_overrides_to_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(_write(tmp_path, FULL_YAML, "experiments/voc.yaml"))
+    record = config.model_dump(mode="json")
+    monkeypatch.chdir(tmp_path)
+    again = config_from_record(record, ["data.root=moved/VOCdevkit", "data.workers=3"], "ck")
+    assert again.data.root == tmp_path / "moved" / "VOCdevkit"  # from the current folder
+    assert again.data.workers == 3
+    assert again.model.darknet == config.model.darknet  # recorded absolute paths stay
+    assert config_from_record(record, None, "ck") == config
+    assert record["data"]["workers"] == 0  # the record itself is untouched
+    with pytest.raises(
+        InputError, match=r"^ck: data\.input_size: Input should be a multiple of 32"
+    ):
+        config_from_record(record, ["data.input_size=33"], "ck")
 
 
 # --- digest and the resolved copy -----------------------------------------------------------------
