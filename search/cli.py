@@ -300,7 +300,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from yolov2.checkpoint import load_checkpoint
+    from yolov2.checkpoint import checkpoint_letterbox, load_checkpoint
     from yolov2.viz import MAX_IMAGES, compare
 
     if args.images and len(args.images) > MAX_IMAGES:
@@ -308,8 +308,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     dense, pruned = load_checkpoint(args.dense), load_checkpoint(args.pruned)
     classes = _checkpoint_classes(args.pruned, pruned.arch.num_classes)
     images = args.images or _test_images(args.pruned)
+    letterbox = checkpoint_letterbox(args.dense), checkpoint_letterbox(args.pruned)
     paths = compare(
-        dense, pruned, images, args.out, classes, layer=args.layer, conf_thresh=args.conf
+        dense,
+        pruned,
+        images,
+        args.out,
+        classes,
+        layer=args.layer,
+        conf_thresh=args.conf,
+        letterbox=letterbox,
     )
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return 0
@@ -333,7 +341,7 @@ def _test_images(checkpoint: Path, count: int = 5) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from yolov2.boxes import ImageDetections
-    from yolov2.checkpoint import load_checkpoint
+    from yolov2.checkpoint import checkpoint_letterbox, load_checkpoint
     from yolov2.data import load_image
     from yolov2.engine import detect
     from yolov2.viz import draw_detections, save_png
@@ -343,7 +351,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint, args.device)
     classes = _checkpoint_classes(args.checkpoint, model.arch.num_classes)
     threshold = 0.005 if args.results_dir else args.conf
-    found = detect(model, args.images, input_size=args.size, conf_thresh=threshold)
+    letterbox = checkpoint_letterbox(args.checkpoint)  # as eval and training fed it
+    found = detect(
+        model, args.images, input_size=args.size, conf_thresh=threshold, letterbox=letterbox
+    )
     for path, detections in zip(args.images, found, strict=True):
         shown = detections.scores >= args.conf
         kept = ImageDetections(

@@ -16,11 +16,13 @@ from safetensors.torch import save_file
 
 from search.cli import build_parser, main
 from tests.yolov2.conftest import WriteVocTree
+from yolov2.boxes import to_voc_pixels
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
 from yolov2.config import load_config
 from yolov2.darknet import save_darknet
 from yolov2.data import SYNTHETIC_CLASSES, load_image, make_synthetic_voc, read_voc
-from yolov2.evaluate import Detections, write_results
+from yolov2.engine import detect
+from yolov2.evaluate import Detections, read_results, write_results
 from yolov2.model import YOLOv2, build_model, yolov2_voc
 
 SUBCOMMANDS = sorted(
@@ -431,11 +433,13 @@ def test_import_darknet_missing_cfg(tmp_path: Path, capsys: pytest.CaptureFixtur
 # --- every option given is used, or refused ------------------------------------------------------
 
 
-def _recorded_checkpoint(tmp_path: Path, root: Path) -> Path:
+def _recorded_checkpoint(tmp_path: Path, root: Path, letterbox: bool = False) -> Path:
     """A checkpoint recording an experiment on the `voc` fixture's classes, with data at `root`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text(
         f"data:\n  root: {root}\n  classes: [cat, dog]\n  input_size: 64\n  workers: 0\n"
+        f"  letterbox: {str(letterbox).lower()}\n"
         "  train_sets: [[2007, test]]\n  test_sets: [[2007, test]]\n"
         "train: {batch_size: 2, device: cpu}\n"
     )
@@ -505,3 +509,48 @@ def test_an_option_that_would_do_nothing_is_an_error(
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"prune-search {argv[0]}: error: {message}"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_letterboxes_as_the_checkpoint_was_evaluated(
+    tmp_path: Path, voc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The voc fixture's images are 300 x 200: letterboxed or squeezed, the model sees other pixels.
+    checkpoint = _recorded_checkpoint(tmp_path, voc, letterbox=True)
+    assert _run(["eval", str(checkpoint), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    images = sorted((voc / "VOC2007" / "JPEGImages").glob("*.jpg"))
+    results = tmp_path / "results"
+    argv = ["predict", str(checkpoint), *map(str, images), "--out", str(tmp_path / "png")]
+    assert _run([*argv, "--results-dir", str(results)]) == 0
+    assert _run([*_eval_dets(voc, results), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert predicted["ap"] == pytest.approx(evaluated["ap"], abs=1e-9)
+    # The boxes written are the letterboxed model's, which are not the squeezed model's.
+    model = load_checkpoint(checkpoint)
+    boxed, squeezed = (
+        detect(model, images, conf_thresh=0.005, letterbox=letterbox) for letterbox in (True, False)
+    )
+    assert not torch.equal(boxed[0].boxes, squeezed[0].boxes)
+    expected = Detections.from_images(
+        [p.stem for p in images],
+        [to_voc_pixels(found.boxes, 200, 300).numpy() for found in boxed],
+        [found.scores.numpy() for found in boxed],
+        [found.labels.numpy() for found in boxed],
+    )
+    by_class = np.argsort(expected.labels, kind="stable")
+    written = read_results(results, "test", CLASSES)
+    np.testing.assert_array_equal(written.image_ids, expected.image_ids[by_class])
+    np.testing.assert_array_equal(written.labels, expected.labels[by_class])
+    np.testing.assert_allclose(written.boxes, expected.boxes[by_class], atol=1e-5)
+    np.testing.assert_allclose(written.scores, expected.scores[by_class], atol=1e-6)
+
+
+def test_compare_letterboxes_each_model_as_it_was_trained(
+    tmp_path: Path, voc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dense = _recorded_checkpoint(tmp_path / "dense", voc, letterbox=True)
+    pruned = _recorded_checkpoint(tmp_path / "pruned", voc, letterbox=True)
+    images = sorted((voc / "VOC2007" / "JPEGImages").glob("*.jpg"))
+    argv = ["compare", str(dense), str(pruned), "--images", *map(str, images)]
+    assert _run([*argv, "--out", str(tmp_path / "figures")]) == 0
+    assert (tmp_path / "figures" / "boxes.png").is_file()

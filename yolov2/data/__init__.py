@@ -21,6 +21,8 @@ from yolov2.data.transforms import (
     Target,
     crop_replicate,
     distort_hsv,
+    letterbox_padding,
+    letterbox_size,
     sample_seed,
     to_float,
 )
@@ -45,6 +47,8 @@ __all__ = [
     "crop_replicate",
     "distort_hsv",
     "draw_synthetic_image",
+    "letterbox_padding",
+    "letterbox_size",
     "load_image",
     "make_synthetic_voc",
     "parse_voc_xml",

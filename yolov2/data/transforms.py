@@ -136,9 +136,12 @@ class DarknetAugment:
 
     Each side of the image moves in or out by up to `jitter` of its length (edges replicated where
     it moves out), which translates, crops and changes the aspect ratio; the result is resized to
-    size x size, flipped left-right half of the time, and distorted in HSV. Every draw comes from the
-    `seed` the caller passes (the batch sampler's `sample_seed`), so a sample is augmented the same
-    way whichever worker draws it; without one, from torch's global generator.
+    size x size, flipped left-right half of the time, and distorted in HSV. With `letterbox` the
+    jittered window is letterboxed instead, as EvalTransform letterboxes a whole image: resized to
+    fit with its aspect kept, then (after the flip and the colour, so the padding stays the grey the
+    model sees at evaluation) centred on 0.5 grey. Every draw comes from the `seed` the caller
+    passes (the batch sampler's `sample_seed`), so a sample is augmented the same way whichever
+    worker draws it; without one, from torch's global generator.
 
     The geometry runs on uint8 pixels, the colour on the small float output: about 1 ms an image
     besides decoding, on one core, for 160..320-pixel images to 160.
@@ -153,12 +156,14 @@ class DarknetAugment:
         saturation: float = 1.5,
         exposure: float = 1.5,
         flip: bool = True,
+        letterbox: bool = False,
     ) -> None:
         if not 0 <= jitter < 0.5:
             raise ValueError(f"jitter must be in [0, 0.5), got {jitter}")
         self.size = size
         self.jitter, self.hue, self.flip = jitter, hue, flip
         self.saturation, self.exposure = saturation, exposure
+        self.letterbox = letterbox
 
     def __call__(
         self,
@@ -172,13 +177,18 @@ class DarknetAugment:
         pixels = _plain(image)  # a tv_tensor would route every op through __torch_function__
         height, width = pixels.shape[-2:]
         top, left, height, width = self._jitter_window(height, width, rng)
-        pixels = F.resize(crop_replicate(pixels, top, left, height, width), [side, side])
-        boxes = F.resize(F.crop(target["boxes"], top, left, height, width), [side, side])
+        scaled = letterbox_size((height, width), side) if self.letterbox else [side, side]
+        pixels = F.resize(crop_replicate(pixels, top, left, height, width), scaled)
+        boxes = F.resize(F.crop(target["boxes"], top, left, height, width), scaled)
         if self.flip and torch.rand((), generator=rng).item() < 0.5:
             pixels, boxes = F.horizontal_flip(pixels), F.horizontal_flip(boxes)
         dhue = self.hue * (2 * torch.rand((), generator=rng).item() - 1)
         colour = _rand_scale(self.saturation, rng), _rand_scale(self.exposure, rng)
-        return distort_hsv(to_float(pixels), dhue, *colour), _sanitize({**target, "boxes": boxes})
+        image = distort_hsv(to_float(pixels), dhue, *colour)
+        if self.letterbox:
+            pad = letterbox_padding(scaled, side)
+            image, boxes = F.pad(image, pad, fill=0.5), F.pad(boxes, pad)
+        return image, _sanitize({**target, "boxes": boxes})
 
     def _jitter_window(
         self, height: int, width: int, rng: torch.Generator | None
@@ -207,10 +217,10 @@ class EvalTransform:
     ) -> tuple[Tensor, Target]:
         side = size or self.size
         scaled = self._scaled_size(image.shape[-2:], side)
-        image = to_float(F.resize(_plain(image), list(scaled)))
-        boxes = F.resize(target["boxes"], list(scaled))
+        image = to_float(F.resize(_plain(image), scaled))
+        boxes = F.resize(target["boxes"], scaled)
         if self.letterbox:
-            pad = self._padding(scaled, side)
+            pad = letterbox_padding(scaled, side)
             image, boxes = F.pad(image, pad, fill=0.5), F.pad(boxes, pad)
         # No sanitizing: evaluation targets must stay one to one with the annotation's objects.
         return image, {**target, "boxes": boxes}
@@ -221,18 +231,22 @@ class EvalTransform:
         """Map (N, 4) XYXY boxes in network-input pixels back to the original image's pixels."""
         side = size or self.size
         scaled_h, scaled_w = self._scaled_size(orig_size, side)
-        left, top = self._padding((scaled_h, scaled_w), side)[:2] if self.letterbox else (0, 0)
+        left, top = letterbox_padding([scaled_h, scaled_w], side)[:2] if self.letterbox else (0, 0)
         offset = boxes.new_tensor([left, top, left, top])
         scale = boxes.new_tensor([orig_size[1] / scaled_w, orig_size[0] / scaled_h] * 2)
         return (boxes - offset) * scale
 
-    def _scaled_size(self, hw: Sequence[int], side: int) -> tuple[int, int]:
-        if not self.letterbox:
-            return side, side
-        scale = side / max(hw)
-        return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
+    def _scaled_size(self, hw: Sequence[int], side: int) -> list[int]:
+        return letterbox_size(hw, side) if self.letterbox else [side, side]
 
-    @staticmethod
-    def _padding(scaled: tuple[int, int], side: int) -> list[int]:
-        left, top = (side - scaled[1]) // 2, (side - scaled[0]) // 2
-        return [left, top, side - scaled[1] - left, side - scaled[0] - top]
+
+def letterbox_size(hw: Sequence[int], side: int) -> list[int]:
+    """[height, width] of an image of size `hw` fitted into side x side with its aspect kept."""
+    scale = side / max(hw)
+    return [max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))]
+
+
+def letterbox_padding(scaled: Sequence[int], side: int) -> list[int]:
+    """[left, top, right, bottom] padding that centres a [height, width] image in side x side."""
+    left, top = (side - scaled[1]) // 2, (side - scaled[0]) // 2
+    return [left, top, side - scaled[1] - left, side - scaled[0] - top]

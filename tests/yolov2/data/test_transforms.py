@@ -13,7 +13,14 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from tests.yolov2.data.conftest import make_target
-from yolov2.data.transforms import DarknetAugment, EvalTransform, crop_replicate, distort_hsv
+from yolov2.data.transforms import (
+    DarknetAugment,
+    EvalTransform,
+    crop_replicate,
+    distort_hsv,
+    letterbox_padding,
+    letterbox_size,
+)
 
 
 def _white_box_image(height: int, width: int, box: tuple[int, int, int, int]) -> tv_tensors.Image:
@@ -255,3 +262,53 @@ def test_eval_resize_maps_boxes_back() -> None:
     torch.testing.assert_close(
         transform.to_original(out["boxes"], (48, 64)), torch.tensor([[16.0, 12.0, 64.0, 48.0]])
     )
+
+
+# --- letterbox: one transform for training, evaluation and prediction ---------------------------
+
+IDENTITY = {"jitter": 0.0, "hue": 0.0, "saturation": 1.0, "exposure": 1.0, "flip": False}
+
+
+@pytest.mark.parametrize(("height", "width"), [(48, 64), (64, 40), (50, 50)])
+def test_letterboxed_training_without_jitter_is_the_eval_letterbox(height: int, width: int) -> None:
+    image = _photo(height, width, seed=2)
+    target = make_target([[3.0, 5.0, 30.0, 40.0]], (height, width), [1], [False])
+    trained, trained_target = DarknetAugment(32, letterbox=True, **IDENTITY)(image, target, seed=1)
+    evaluated, eval_target = EvalTransform(32, letterbox=True)(image, target)
+    assert trained.shape == evaluated.shape == (3, 32, 32)
+    torch.testing.assert_close(trained, evaluated, atol=1e-6, rtol=0)  # HSV identity: float error
+    assert torch.equal(trained_target["boxes"], eval_target["boxes"])
+    pad_left, pad_top, *_ = letterbox_padding(letterbox_size((height, width), 32), 32)
+    assert torch.all(trained[:, :pad_top] == 0.5)
+    assert torch.all(trained[:, :, :pad_left] == 0.5)
+
+
+def test_letterboxed_training_keeps_the_aspect_of_the_jittered_window() -> None:
+    # A square object stays square however the window's aspect jitters, and the padding stays grey
+    # through the colour distortion; without letterbox the same draws stretch it.
+    box = (50, 30, 80, 60)
+    settings = {"jitter": 0.3, "hue": 0.2, "saturation": 1.5, "exposure": 1.5}
+    boxed, stretched = (
+        DarknetAugment(96, letterbox=True, **settings),
+        DarknetAugment(96, **settings),
+    )
+    aspects: list[float] = []
+    for seed in range(12):
+        image = _white_box_image(80, 120, box)
+        target = make_target([list(box)], (80, 120), [3], [False])
+        out, out_target = boxed(image, target, seed=seed)
+        assert out.shape == (3, 96, 96)
+        (x1, y1, x2, y2) = out_target["boxes"][0].tolist()
+        assert x2 - x1 == pytest.approx(y2 - y1, abs=1.0)
+        grey = (out == 0.5).all(dim=0)
+        rows, cols = grey.all(dim=1), grey.all(dim=0)
+        assert rows.any() or cols.any()  # letterboxed: a band of pure grey on two sides
+        _, plain_target = stretched(image, target, seed=seed)
+        (x1, y1, x2, y2) = plain_target["boxes"][0].tolist()
+        aspects.append((x2 - x1) / (y2 - y1))
+    assert max(abs(a - 1) for a in aspects) > 0.1  # the plain path does stretch it
+
+
+def test_letterbox_is_off_unless_asked() -> None:
+    assert DarknetAugment(32).letterbox is False
+    assert EvalTransform(32).letterbox is False
