@@ -42,11 +42,13 @@ def synthetic_voc(
     seed: int,
     extent: int = 500,
     max_objects: int = 6,
+    inverted: float = 0.0,
 ) -> tuple[list[Truth], Detections]:
     """Integer-pixel objects (some difficult, some annotated twice, some images empty) and, per image,
     detections: jittered copies of the objects (matches, duplicates, overlaps near 0.5, wrong classes)
     and random boxes, scored on a 1/1000 grid so that ties are common. A small `extent` crowds the
-    objects together."""
+    objects together. A fraction `inverted` of the detections then get inverted boxes, as real
+    results files hold them (drawn from a generator of their own, so the rest stays the same)."""
     rng = np.random.default_rng(seed)
     truths, parts = [], []
     for i in range(num_images):
@@ -82,7 +84,30 @@ def synthetic_voc(
                 det,
             )
         )
-    return truths, Detections.concatenate(parts)
+    detections = Detections.concatenate(parts)
+    if inverted:
+        detections.boxes = invert_some(detections.boxes, inverted, np.random.default_rng([seed, 1]))
+    return truths, detections
+
+
+def invert_some(
+    boxes: npt.NDArray[np.float64], fraction: float, rng: np.random.Generator
+) -> npt.NDArray[np.float64]:
+    """Boxes with a `fraction` of them inverted: x corners swapped, y corners swapped, both, or xmax
+    put half a pixel below xmin (a box that, counting pixels inclusively, still covers half a one)."""
+    boxes = boxes.copy()
+    rows = np.flatnonzero(rng.random(len(boxes)) < fraction)
+    kinds = rng.integers(4, size=len(rows))
+    for row, kind in zip(rows.tolist(), kinds.tolist(), strict=True):
+        x0, y0, x1, y1 = boxes[row]
+        if kind == 3:
+            boxes[row, 2] = x0 - 0.5
+            continue
+        if kind in (0, 2):
+            boxes[row, [0, 2]] = x1 + 1, x0
+        if kind in (1, 2):
+            boxes[row, [1, 3]] = y1 + 1, y0
+    return boxes
 
 
 def reference_voc_eval(
@@ -92,7 +117,8 @@ def reference_voc_eval(
     iou_threshold: float = 0.5,
 ) -> dict[Metric, dict[str, float]]:
     """The devkit's VOCevaldet (as py-faster-rcnn's voc_eval transcribes it), one detection at a
-    time; AP NaN for a class without non-difficult objects."""
+    time; AP NaN for a class without non-difficult objects. As in VOCevaldet.m, an overlap counts
+    only with objects the box intersects (iw > 0 and ih > 0), which decides inverted boxes."""
     aps: dict[Metric, dict[str, float]] = {m: {} for m in METRICS}
     for c, name in enumerate(classes):
         records: dict[str, dict[str, Any]] = {}
@@ -122,15 +148,16 @@ def reference_voc_eval(
                 iymin = np.maximum(bbgt[:, 1], bb[1])
                 ixmax = np.minimum(bbgt[:, 2], bb[2])
                 iymax = np.minimum(bbgt[:, 3], bb[3])
-                iw = np.maximum(ixmax - ixmin + 1.0, 0.0)
-                ih = np.maximum(iymax - iymin + 1.0, 0.0)
+                iw = ixmax - ixmin + 1.0
+                ih = iymax - iymin + 1.0
                 inters = iw * ih
                 uni = (
                     (bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
                     + (bbgt[:, 2] - bbgt[:, 0] + 1.0) * (bbgt[:, 3] - bbgt[:, 1] + 1.0)
                     - inters
                 )
-                overlaps = inters / uni
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    overlaps = np.where((iw > 0) & (ih > 0), inters / uni, -np.inf)
                 ovmax = np.max(overlaps)
                 jmax = np.argmax(overlaps)
             if ovmax > iou_threshold:
@@ -184,11 +211,13 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--dets-per-image", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inverted", type=float, default=0.0,
+                        help="fraction of detections with inverted boxes (xmax < xmin, ...)")  # fmt: skip
     args = parser.parse_args()
 
     classes = [f"class{c}" for c in range(args.classes)]
     truths, detections = synthetic_voc(
-        args.images, args.classes, args.dets_per_image, seed=args.seed
+        args.images, args.classes, args.dets_per_image, seed=args.seed, inverted=args.inverted
     )
     objects = sum(len(t.labels) for t in truths)
     print(

@@ -14,6 +14,7 @@ from search.commands import DEFAULT_EXPERIMENT, add_search_commands
 from yolov2.errors import InputError, TrainingDivergedError
 
 if TYPE_CHECKING:
+    from yolov2.cache import CacheEntry
     from yolov2.config import ExperimentConfig
 
 log = logging.getLogger("prune-search")
@@ -112,6 +113,58 @@ def cmd_make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+_CACHE_SOURCES = {
+    "PRUNE_SEARCH_CACHE": "set by PRUNE_SEARCH_CACHE",
+    "XDG_CACHE_HOME": "$XDG_CACHE_HOME/prune-search; PRUNE_SEARCH_CACHE would move it",
+    "default": "the default; PRUNE_SEARCH_CACHE or XDG_CACHE_HOME would move it",
+}
+_CACHE_HEADINGS = {
+    "synthetic": "synthetic data sets",
+    "dense": "dense models",
+    "partial": "interrupted generations",
+    "other": "not written by prune-search (--clear leaves it)",
+}
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from yolov2.cache import cache_contents, clear_cache
+    from yolov2.config import cache_location
+
+    root, source = cache_location()
+    print(f"cache: {root} ({_CACHE_SOURCES[source]})")
+    if args.clear:
+        removed = clear_cache(root)
+        for entry in removed:
+            print(f"removed {_cache_line(entry, root)}")
+        print(f"removed {_bytes(sum(e.size_bytes for e in removed))} in {len(removed)} entries")
+    entries = cache_contents(root)
+    if not entries:
+        print("  empty" if root.is_dir() else "  nothing cached (the folder does not exist)")
+        return 0
+    size, files = sum(e.size_bytes for e in entries), sum(e.files for e in entries)
+    print(
+        f"{'left' if args.clear else 'holds'} {_bytes(size)} in {files:,} file{'s' * (files != 1)}"
+    )
+    for kind, heading in _CACHE_HEADINGS.items():
+        shown = [e for e in entries if e.kind == kind]
+        if shown:
+            print(f"{heading}:")
+        for entry in shown:
+            print(f"  {_cache_line(entry, root)}")
+    return 0
+
+
+def _cache_line(entry: CacheEntry, root: Path) -> str:
+    return f"{_bytes(entry.size_bytes):>9}  {entry.path.relative_to(root)}: {entry.about}"
+
+
+def _bytes(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from yolov2.checkpoint import load_checkpoint
     from yolov2.measure import profile
@@ -185,14 +238,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from yolov2.config import PruneConfig
     from yolov2.pipeline import prune
 
+    if args.method == "weight" and args.criterion is not None:
+        raise InputError("--criterion ranks filters: it does nothing with --method weight")
+    if args.method == "filter" and args.scope is not None:
+        raise InputError(
+            "--scope is weight pruning's threshold: it does nothing with --method filter"
+        )
     ratios = _ratios(args.ratios) if args.ratios else None
+    chosen = {"criterion": args.criterion, "scope": args.scope}
     config = _validated_prune(
         PruneConfig,
         method=args.method,
         ratio=args.ratio,
         ratios=ratios,
-        criterion=args.criterion,
-        scope=args.scope,
+        **{key: value for key, value in chosen.items() if value is not None},
     )
     model, _ = prune(load_checkpoint(args.checkpoint), config)
     meta = checkpoint_metadata(args.checkpoint)["meta"]
@@ -226,7 +285,7 @@ def _validated_prune(cls: Any, **values: Any) -> Any:
 def cmd_eval(args: argparse.Namespace) -> int:
     from yolov2.pipeline import config_of_checkpoint, evaluate_checkpoint
 
-    config = _load_config(args) if args.config else config_of_checkpoint(args.checkpoint)
+    config = _load_config(args) if args.config else config_of_checkpoint(args.checkpoint, args.set)
     result = evaluate_checkpoint(args.checkpoint, config)
     ap = result["ap"] if args.metric == "voc07" else result["ap_voc12"]
     if args.json:
@@ -241,14 +300,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from yolov2.checkpoint import load_checkpoint
-    from yolov2.viz import compare
+    from yolov2.checkpoint import checkpoint_letterbox, load_checkpoint
+    from yolov2.viz import MAX_IMAGES, compare
 
+    if args.images and len(args.images) > MAX_IMAGES:
+        raise InputError(f"--images: {len(args.images)} given, boxes.png shows {MAX_IMAGES}")
     dense, pruned = load_checkpoint(args.dense), load_checkpoint(args.pruned)
     classes = _checkpoint_classes(args.pruned, pruned.arch.num_classes)
     images = args.images or _test_images(args.pruned)
+    letterbox = checkpoint_letterbox(args.dense), checkpoint_letterbox(args.pruned)
     paths = compare(
-        dense, pruned, images, args.out, classes, layer=args.layer, conf_thresh=args.conf
+        dense,
+        pruned,
+        images,
+        args.out,
+        classes,
+        layer=args.layer,
+        conf_thresh=args.conf,
+        letterbox=letterbox,
     )
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return 0
@@ -272,15 +341,20 @@ def _test_images(checkpoint: Path, count: int = 5) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from yolov2.boxes import ImageDetections
-    from yolov2.checkpoint import load_checkpoint
+    from yolov2.checkpoint import checkpoint_letterbox, load_checkpoint
     from yolov2.data import load_image
     from yolov2.engine import detect
     from yolov2.viz import draw_detections, save_png
 
+    if args.image_set is not None and args.results_dir is None:
+        raise InputError("--image-set names the results files: give --results-dir too")
     model = load_checkpoint(args.checkpoint, args.device)
     classes = _checkpoint_classes(args.checkpoint, model.arch.num_classes)
     threshold = 0.005 if args.results_dir else args.conf
-    found = detect(model, args.images, input_size=args.size, conf_thresh=threshold)
+    letterbox = checkpoint_letterbox(args.checkpoint)  # as eval and training fed it
+    found = detect(
+        model, args.images, input_size=args.size, conf_thresh=threshold, letterbox=letterbox
+    )
     for path, detections in zip(args.images, found, strict=True):
         shown = detections.scores >= args.conf
         kept = ImageDetections(
@@ -310,7 +384,7 @@ def _write_predictions(
         [d.scores.numpy() for d in found],
         [d.labels.numpy() for d in found],
     )
-    paths = write_results(args.results_dir, args.image_set, classes, detections)
+    paths = write_results(args.results_dir, args.image_set or "test", classes, detections)
     log.info("wrote %d VOC results files into %s", len(paths), args.results_dir)
 
 
@@ -359,6 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_make_data)
 
+    p = commands.add_parser(
+        "cache",
+        help="where the cache of synthetic data and dense models is, how big, what it holds",
+        description="Show the cache folder: PRUNE_SEARCH_CACHE, else $XDG_CACHE_HOME/prune-search, "
+        "else ~/.cache/prune-search. An experiment's paths may start with ${cache}/ to live in "
+        "it; its cache_dir key moves that experiment's cache elsewhere.",
+    )
+    p.add_argument("--clear", action="store_true",
+                   help="delete the synthetic data sets and dense models in it (no questions "
+                   "asked; what it deletes is printed, what prune-search did not write stays)")  # fmt: skip
+    p.set_defaults(run=cmd_cache)
+
     p = commands.add_parser("profile", help="params, GFLOPs, size and latency of a checkpoint")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--size", type=_image_size, nargs=2, metavar=("H", "W"),
@@ -394,10 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     ratio = p.add_mutually_exclusive_group(required=True)
     ratio.add_argument("--ratio", type=float, help="one ratio for every prunable convolution")
     ratio.add_argument("--ratios", help="r1,r2,...: one per prunable convolution or one per stage")
-    p.add_argument("--criterion", choices=["l1", "l2", "bn"], default="l1", help="filter ranking")
-    p.add_argument(
-        "--scope", choices=["layer", "global"], default="layer", help="weight pruning threshold"
-    )
+    p.add_argument("--criterion", choices=["l1", "l2", "bn"],
+                   help="filter pruning: what ranks a filter (default l1)")  # fmt: skip
+    p.add_argument("--scope", choices=["layer", "global"],
+                   help="weight pruning: a threshold per layer (default) or one global")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     p.set_defaults(run=cmd_prune)
 
@@ -406,9 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, help="experiment file (default: the one in the checkpoint)"
     )
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
-    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the experiment (--config's, or else the checkpoint's), "
+                   "e.g. --set data.root=/data/VOCdevkit where the data lives elsewhere")  # fmt: skip
     p.add_argument(
         "--metric", choices=["voc07", "voc12"], default="voc07", help="which AP per class to show"
     )
@@ -437,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.25, help="score threshold of the drawn boxes")
     p.add_argument("--size", type=_image_size, help="input size (default: the checkpoint's)")
     p.add_argument("--results-dir", type=Path, help="also write VOC results files here")
-    p.add_argument("--image-set", default="test", help="the <set> in comp4_det_<set>_<class>.txt")
+    p.add_argument("--image-set",
+                   help="with --results-dir: the <set> in comp4_det_<set>_<class>.txt (test)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.set_defaults(run=cmd_predict)
     return parser

@@ -77,6 +77,14 @@ def checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         return _header(path, handle.metadata())
 
 
+def checkpoint_letterbox(path: str | os.PathLike[str]) -> bool:
+    """Whether the model of a checkpoint takes letterboxed inputs: its recorded experiment's
+    `data.letterbox`, which its training and evaluation used; False when it records none (darknet's
+    YOLOv2 resizes, so an imported model does not)."""
+    config = checkpoint_metadata(path)["meta"].get("config") or {}
+    return bool(config.get("data", {}).get("letterbox", False))
+
+
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> YOLOv2:
     """Rebuild the (possibly pruned) network stored at `path`, in eval mode."""
     with _open(path) as handle:

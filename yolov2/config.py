@@ -2,13 +2,15 @@
 
 Every section is a frozen pydantic model that forbids unknown keys, so a typo in a YAML file or in a
 `--set` override is an error naming the file and the key, raised before a single image is read. Paths
-are made absolute at load time because Ray runs every trial in its own working directory.
+are made absolute at load time because Ray runs every trial in its own working directory; a path that
+starts with `${cache}` is in the experiment's cache (`cache_dir`), wherever that is on this machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,7 +29,28 @@ from pydantic import (
 from yolov2.errors import InputError
 from yolov2.loss import LossConfig
 
-DEFAULT_CACHE = Path(os.environ.get("PRUNE_SEARCH_CACHE", Path.home() / ".cache" / "prune-search"))
+log = logging.getLogger(__name__)
+
+# A path that starts with this is in the experiment's cache_dir: `root: ${cache}/synthetic/VOCdevkit`.
+CACHE = "${cache}"
+LEGACY_CACHE = Path("~/.cache/prune-search")  # the cache before XDG_CACHE_HOME was honoured
+
+
+def cache_location() -> tuple[Path, str]:
+    """The default cache and what decided it: $PRUNE_SEARCH_CACHE, else $XDG_CACHE_HOME/prune-search,
+    else ~/.cache/prune-search (XDG's own default). Read from the environment at each call."""
+    explicit = os.environ.get("PRUNE_SEARCH_CACHE")
+    if explicit:
+        return Path(explicit).expanduser().resolve(), "PRUNE_SEARCH_CACHE"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: a relative value is invalid, ignore it
+        return Path(xdg) / "prune-search", "XDG_CACHE_HOME"
+    return LEGACY_CACHE.expanduser(), "default"
+
+
+def default_cache() -> Path:
+    """Where synthetic data and dense models are cached unless an experiment sets `cache_dir`."""
+    return cache_location()[0]
 
 
 # YAML reads a year as a number; a set name is text either way.
@@ -74,7 +97,7 @@ class AugmentConfig(Section):
 
 
 class DataConfig(Section):
-    root: Path = DEFAULT_CACHE / "synthetic" / "VOCdevkit"  # the VOCdevkit folder
+    root: Path = Path(CACHE, "synthetic", "VOCdevkit")  # the VOCdevkit folder
     synthetic: SyntheticConfig | None = None  # set: generate into `root` on first use
     train_sets: list[tuple[Text, Text]] = [("2007", "trainval")]  # (year, image set) pairs, a union
     test_sets: list[tuple[Text, Text]] = [("2007", "test")]
@@ -264,7 +287,8 @@ class SearchConfig(Section):
 
 class ExperimentConfig(Section):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
-    cache_dir: Path = DEFAULT_CACHE  # synthetic data and dense models shared between runs
+    # Synthetic data and dense models shared between runs; `${cache}` in a path stands for it.
+    cache_dir: Path = Field(default_factory=default_cache)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
@@ -337,6 +361,20 @@ def load_config(
     return _validated(raw, file)
 
 
+def config_from_record(
+    recorded: dict[str, Any], overrides: list[str] | None, source: str | os.PathLike[str]
+) -> ExperimentConfig:
+    """The experiment a run recorded (a checkpoint's metadata), with `key.sub=value` overrides.
+
+    The recorded paths are absolute already; a relative path given by override is taken from the
+    current directory, as any path on the command line. Errors name `source` and the key.
+    """
+    raw = json.loads(json.dumps(recorded))  # a deep copy: overrides must not touch the record
+    for override in overrides or []:
+        _apply_override(raw, override)
+    return _validated(raw, Path(source), Path.cwd())
+
+
 def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
@@ -355,7 +393,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     node[leaf] = value
 
 
-def _validated(raw: dict[str, Any], file: Path) -> ExperimentConfig:
+def _validated(raw: dict[str, Any], file: Path, base: Path | None = None) -> ExperimentConfig:
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as error:
@@ -364,25 +402,54 @@ def _validated(raw: dict[str, Any], file: Path) -> ExperimentConfig:
         problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
         raise InputError(f"{file}: {key}: {problem}{more}") from None
-    return _absolute_paths(config, file.parent.resolve())
+    return _absolute_paths(config, base or file.parent.resolve(), file)
 
 
-def _absolute_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
-    def absolute(path: Path) -> Path:
-        return (base / path.expanduser()).resolve()
+def _absolute_paths(config: ExperimentConfig, base: Path, file: Path) -> ExperimentConfig:
+    """Every path made absolute: `${cache}/...` in the cache, others relative to `base`."""
+    cache_dir = (
+        base / _no_cache_variable(config.cache_dir, "cache_dir", file).expanduser()
+    ).resolve()
 
-    data = config.data.model_copy(update={"root": absolute(config.data.root)})
+    def absolute(path: Path, key: str) -> Path:
+        if path.parts[:1] == (CACHE,):
+            return cache_dir.joinpath(*path.parts[1:])
+        return (base / _no_cache_variable(path, key, file).expanduser()).resolve()
+
+    data = config.data.model_copy(update={"root": absolute(config.data.root, "data.root")})
     darknet = config.model.darknet
     if darknet is not None:
         darknet = darknet.model_copy(
             update={
-                "weights": absolute(darknet.weights),
-                "cfg": absolute(darknet.cfg) if darknet.cfg else None,
+                "weights": absolute(darknet.weights, "model.darknet.weights"),
+                "cfg": absolute(darknet.cfg, "model.darknet.cfg") if darknet.cfg else None,
             }
         )
     model = config.model.model_copy(update={"darknet": darknet})
-    cache_dir = absolute(config.cache_dir)
-    return config.model_copy(update={"data": data, "model": model, "cache_dir": cache_dir})
+    config = config.model_copy(update={"data": data, "model": model, "cache_dir": cache_dir})
+    _warn_outside_cache(config, file)
+    return config
+
+
+def _no_cache_variable(path: Path, key: str, file: Path) -> Path:
+    if "${" in str(path):
+        raise InputError(f"{file}: {key}: {path}: only a leading {CACHE}/ is expanded in a path")
+    return path
+
+
+def _warn_outside_cache(config: ExperimentConfig, file: Path) -> None:
+    # Experiment files written before the cache followed XDG_CACHE_HOME name ~/.cache/prune-search
+    # literally; a literal path means what it says, but the user who moved the cache should know.
+    legacy = LEGACY_CACHE.expanduser().resolve()
+    root = config.data.root
+    if config.data.synthetic is None or not root.is_relative_to(legacy):
+        return
+    if not config.cache_dir.resolve().is_relative_to(legacy):
+        log.warning(
+            "%s: data.root %s is under %s, not in the cache %s; write data.root as %s/%s to keep "
+            "the synthetic data set in the cache",
+            file, root, legacy, config.cache_dir, CACHE, root.relative_to(legacy).as_posix(),
+        )  # fmt: skip
 
 
 def write_resolved(config: ExperimentConfig, directory: str | os.PathLike[str]) -> Path:

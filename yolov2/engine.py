@@ -122,7 +122,9 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int, int]]]):
 def train_loader(
     annotations: Sequence[Annotation], data: DataConfig, train: TrainConfig
 ) -> DataLoader[Any]:
-    transform = DarknetAugment(data.input_size, **data.augment.model_dump())
+    transform = DarknetAugment(
+        data.input_size, letterbox=data.letterbox, **data.augment.model_dump()
+    )
     dataset = VOCDetection(annotations, transform, keep_difficult=False)
     sizes = train.multiscale or [data.input_size]
     batch_sampler = MultiScaleBatchSampler(len(dataset), train.batch_size, sizes, train.seed)

@@ -10,6 +10,7 @@ plain transcription of the devkit loop.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import numpy.typing as npt
 
 from yolov2.errors import InputError
 from yolov2.files import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 Metric = Literal["voc07", "voc12"]
 METRICS: tuple[Metric, ...] = ("voc07", "voc12")
@@ -330,7 +333,12 @@ class _Truth:
 def _iou_plus_one(
     a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
-    """Row-wise IoU of (n, 4) boxes counting pixels inclusively, in the devkit's operation order."""
+    """Row-wise IoU of (n, 4) boxes counting pixels inclusively, in the devkit's operation order.
+
+    An inverted box that covers no pixel (xmax < xmin - 1 under the +1 convention) intersects
+    nothing: its IoU is 0, -0 or NaN (0 / 0), never above a threshold, so it is a false positive,
+    as in the devkit, which skips every object with no positive intersection.
+    """
     iw = np.maximum(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1.0, 0.0)
     ih = np.maximum(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1.0, 0.0)
     inters = iw * ih
@@ -429,7 +437,9 @@ def read_results(directory: Path, image_set: str, classes: Sequence[str]) -> Det
 
     Every class's file must exist (an empty file means no detections), as the devkit requires: a
     missing one is far more often a wrong directory, image set or class list than a class with no
-    detections, and scoring it AP 0 would hide that.
+    detections, and scoring it AP 0 would hide that. Inverted boxes (xmax < xmin or ymax < ymin)
+    are kept and scored as the devkit scores them: one that covers no pixel overlaps nothing and
+    is a false positive at its score.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -446,7 +456,19 @@ def read_results(directory: Path, image_set: str, classes: Sequence[str]) -> Det
                 values[:, 1:],
             )
         )
-    return Detections.concatenate(parts)
+    detections = Detections.concatenate(parts)
+    inverted = int(np.count_nonzero(_inverted(detections.boxes)))
+    if inverted:
+        log.info(
+            "%s: %d of %d detections have an inverted box (xmax < xmin or ymax < ymin), scored "
+            "as the devkit does", directory, inverted, len(detections),
+        )  # fmt: skip
+    return detections
+
+
+def _inverted(boxes: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    inverted: npt.NDArray[np.bool_] = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    return inverted
 
 
 def _read_results_file(path: Path) -> tuple[list[str], npt.NDArray[np.float64]]:
@@ -482,7 +504,6 @@ def _parse_results_line(fields: list[str], where: str) -> list[float]:
         if not math.isfinite(value):
             raise InputError(f"{where}: {field!r} is not a finite number")
         values.append(value)
-    _, xmin, ymin, xmax, ymax = values
-    if xmax < xmin or ymax < ymin:
-        raise InputError(f"{where}: box has xmax < xmin or ymax < ymin")
+    # A box with xmax < xmin or ymax < ymin is no reason to refuse the file: detectors write them
+    # (a tiny box after rounding or clipping), and the devkit scores them like any other.
     return values

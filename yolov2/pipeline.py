@@ -22,7 +22,13 @@ from typing import Any
 import torch
 
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
-from yolov2.config import ExperimentConfig, ModelConfig, PruneConfig, write_resolved
+from yolov2.config import (
+    ExperimentConfig,
+    ModelConfig,
+    PruneConfig,
+    config_from_record,
+    write_resolved,
+)
 from yolov2.darknet import load_darknet
 from yolov2.engine import Report, Splits, eval_loader, evaluate, fit, load_splits, resolve_device
 from yolov2.errors import InputError
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 
 DENSE_SECTIONS = ("data", "model", "loss", "train")
 METRICS_FILE = "metrics.json"
+DENSE_CACHE = "dense"  # the cache's folder of dense stages, one folder per digest
+LOCK_FILE = ".lock"  # held while a dense stage is trained into its folder
 
 
 def architecture(model: ModelConfig, num_classes: int, input_size: int) -> Architecture:
@@ -108,9 +116,9 @@ def train_dense(
 
 def cached_dense(config: ExperimentConfig, splits: Splits, report: Report | None = None) -> Stage:
     """The dense stage from the cache, training it first if no run has yet (one trainer at a time)."""
-    directory = config.cache_dir / "dense" / config.digest(*DENSE_SECTIONS)
+    directory = config.cache_dir / DENSE_CACHE / config.digest(*DENSE_SECTIONS)
     directory.mkdir(parents=True, exist_ok=True)
-    with _exclusive(directory / ".lock"):
+    with _exclusive(directory / LOCK_FILE):
         checkpoint = directory / "model.safetensors"
         if checkpoint.exists():
             log.info("dense stage: reusing %s", checkpoint)
@@ -302,19 +310,13 @@ def measure(
     }
 
 
-def config_of_checkpoint(checkpoint: Path) -> ExperimentConfig:
-    """The experiment a checkpoint was made by, as recorded in it (its data, its input size)."""
-    from pydantic import ValidationError
-
+def config_of_checkpoint(checkpoint: Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The experiment a checkpoint was made by, as recorded in it (its data, its input size), with
+    `key.sub=value` overrides: `data.root=...` on a machine where the data lives elsewhere."""
     meta = checkpoint_metadata(checkpoint)["meta"]
     if "config" not in meta:
         raise InputError(f"{checkpoint}: records no experiment; pass --config")
-    try:
-        return ExperimentConfig.model_validate(meta["config"])
-    except ValidationError as error:
-        raise InputError(
-            f"{checkpoint}: its recorded experiment is not valid here ({error.errors()[0]['msg']})"
-        ) from None
+    return config_from_record(meta["config"], overrides, f"{checkpoint} (its recorded experiment)")
 
 
 def evaluate_checkpoint(checkpoint: Path, config: ExperimentConfig) -> dict[str, Any]:

@@ -110,10 +110,12 @@ def compare(
     input_size: int | None = None,
     layer: int | None = None,
     conf_thresh: float = 0.25,
+    letterbox: tuple[bool, bool] = (False, False),
 ) -> list[Path]:
     """Write boxes.png, weights_<layer>.png and layers.png into `out_dir`; return their paths.
 
-    boxes.png: detections of the first 5 images, dense vs pruned side by side. weights_<layer>.png:
+    boxes.png: detections of the first 5 images, dense vs pruned side by side, each model's input
+    letterboxed or not as `letterbox` (dense, pruned) says, as it was trained. weights_<layer>.png:
     3D surfaces of one prunable conv's |weights| before and after (default: the conv that lost the
     largest fraction of its weights). layers.png: kept filters and/or sparsity of every prunable conv.
     """
@@ -139,6 +141,7 @@ def compare(
                 classes,
                 input_size=input_size,
                 conf_thresh=conf_thresh,
+                letterbox=letterbox,
             ),
             out_dir / "boxes.png",
         ),
@@ -155,15 +158,17 @@ def boxes_figure(
     *,
     input_size: int | None = None,
     conf_thresh: float = 0.25,
+    letterbox: tuple[bool, bool] = (False, False),
 ) -> Figure:
     """Visualisation 1: one row per image, the dense model's boxes left, the pruned model's right."""
+    models = ((DENSE_TITLE, dense, letterbox[0]), (PRUNED_TITLE, pruned, letterbox[1]))
     columns = [
-        (DENSE_TITLE, dense, detect(dense, images, input_size=input_size, conf_thresh=conf_thresh)),
         (
-            PRUNED_TITLE,
-            pruned,
-            detect(pruned, images, input_size=input_size, conf_thresh=conf_thresh),
-        ),
+            title,
+            model,
+            detect(model, images, input_size=input_size, conf_thresh=conf_thresh, letterbox=boxed),
+        )
+        for title, model, boxed in models
     ]
     pictures = [load_image(Path(path)) for path in images]
     panel_w = 4.5  # inches: two panels at DPI 120 make a figure about 1100 pixels wide

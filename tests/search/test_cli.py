@@ -16,10 +16,13 @@ from safetensors.torch import save_file
 
 from search.cli import build_parser, main
 from tests.yolov2.conftest import WriteVocTree
+from yolov2.boxes import to_voc_pixels
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+from yolov2.config import load_config
 from yolov2.darknet import save_darknet
-from yolov2.data import SYNTHETIC_CLASSES, load_image, read_voc
-from yolov2.evaluate import Detections, write_results
+from yolov2.data import SYNTHETIC_CLASSES, load_image, make_synthetic_voc, read_voc
+from yolov2.engine import detect
+from yolov2.evaluate import Detections, read_results, write_results
 from yolov2.model import YOLOv2, build_model, yolov2_voc
 
 SUBCOMMANDS = sorted(
@@ -189,6 +192,8 @@ MIX = [
     ("000002", 0, 0.7, C),
     ("000001", 1, 0.6, B),
 ]
+# As MIX, with the FP an inverted box (C's corners swapped), which the devkit scores, not refuses.
+INVERTED = [*MIX[:1], ("000002", 0, 0.8, [260, 80, 200, 10]), *MIX[2:]]
 CAT_VOC07 = (6 * 1 + 5 * 2 / 3) / 11  # recall >= 0 .. 0.5: precision 1; >= 0.6 .. 1: 2/3
 CAT_VOC12 = 0.5 * 1 + 0.5 * 2 / 3  # the area under the monotone envelope
 
@@ -201,6 +206,8 @@ CAT_VOC12 = 0.5 * 1 + 0.5 * 2 / 3  # the area under the monotone envelope
         (MIX, "voc07", CAT_VOC07),
         (MIX, "voc12", CAT_VOC12),
         (MIX[3:], "voc07", 0.0),  # no cat detections at all
+        (INVERTED, "voc07", CAT_VOC07),
+        (INVERTED, "voc12", CAT_VOC12),
     ],
 )
 def test_eval_dets_json(
@@ -229,6 +236,71 @@ def test_eval_dets_table(voc: Path, capsys: pytest.CaptureFixture[str]) -> None:
         ["cat", f"{CAT_VOC07:.4f}"],
         ["dog", "1.0000"],
         ["mAP", "(voc07)", f"{(CAT_VOC07 + 1) / 2:.4f}"],
+    ]
+
+
+# --- cache ----------------------------------------------------------------------------------------
+
+
+def test_cache_says_where_how_big_and_what_then_clears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PRUNE_SEARCH_CACHE", str(cache))
+    assert _run(["cache"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"cache: {cache} (set by PRUNE_SEARCH_CACHE)",
+        "  nothing cached (the folder does not exist)",
+    ]
+    make_synthetic_voc(cache / "synthetic" / "VOCdevkit", num_trainval=2, num_test=1, workers=1)
+    dense = cache / "dense" / "0123456789abcdef"
+    dense.mkdir(parents=True)
+    (dense / "config.yaml").write_text("name: default\n")
+    (dense / "metrics.json").write_text('{"map": 0.8181, "map_voc12": 0.8345}')
+    (cache / "VOCdevkit").mkdir()
+    (cache / "VOCdevkit" / "mine.txt").write_text("a real VOC, say\n")
+    assert _run(["cache"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    assert lines[:2] == [
+        f"cache: {cache} (set by PRUNE_SEARCH_CACHE)",
+        f"holds {size / 1e3:.1f} kB in 14 files",  # 3 images x 2, 4 set files, marker; 2; 1
+    ]
+    assert [line.split(":")[0] for line in lines[2::2]] == [
+        "synthetic data sets",
+        "dense models",
+        "not written by prune-search (--clear leaves it)",
+    ]
+    assert lines[3].split("  ")[-1].startswith("synthetic/VOCdevkit: 2 trainval + 1 test images")
+    assert lines[5].endswith(
+        "  dense/0123456789abcdef: experiment default: map 0.8181 (VOC07 11-point), "
+        "map_voc12 0.8345"
+    )
+    assert lines[7].endswith("  VOCdevkit: a folder")
+
+    assert _run(["cache", "--clear"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == ["removed"] * 3
+    assert "synthetic/VOCdevkit: 2 trainval" in lines[1]
+    assert "dense/0123456789abcdef: experiment default" in lines[2]
+    assert lines[3].endswith(" in 2 entries")
+    assert lines[4:] == ["left 16 B in 1 file", "not written by prune-search (--clear leaves it):",
+                         "       16 B  VOCdevkit: a folder"]  # fmt: skip
+    assert sorted(p.name for p in cache.iterdir()) == ["VOCdevkit"]
+
+
+def test_cache_follows_xdg_cache_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("PRUNE_SEARCH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "xdg" / "prune-search").mkdir(parents=True)
+    assert _run(["cache", "--clear"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"cache: {tmp_path / 'xdg' / 'prune-search'} ($XDG_CACHE_HOME/prune-search; "
+        "PRUNE_SEARCH_CACHE would move it)",
+        "removed 0 B in 0 entries",
+        "  empty",
     ]
 
 
@@ -356,3 +428,129 @@ def test_import_darknet_missing_cfg(tmp_path: Path, capsys: pytest.CaptureFixtur
         == 2
     )
     _assert_one_line_error(capsys.readouterr().err, "import-darknet", cfg)
+
+
+# --- every option given is used, or refused ------------------------------------------------------
+
+
+def _recorded_checkpoint(tmp_path: Path, root: Path, letterbox: bool = False) -> Path:
+    """A checkpoint recording an experiment on the `voc` fixture's classes, with data at `root`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(
+        f"data:\n  root: {root}\n  classes: [cat, dog]\n  input_size: 64\n  workers: 0\n"
+        f"  letterbox: {str(letterbox).lower()}\n"
+        "  train_sets: [[2007, test]]\n  test_sets: [[2007, test]]\n"
+        "train: {batch_size: 2, device: cpu}\n"
+    )
+    record = load_config(experiment).model_dump(mode="json")
+    torch.manual_seed(0)
+    model = build_model(yolov2_voc(num_classes=2, width=0.125, input_size=(64, 64)))
+    return save_checkpoint(model, tmp_path / "moved.safetensors", config=record, classes=CLASSES)
+
+
+def test_eval_set_overrides_the_experiment_recorded_in_the_checkpoint(
+    tmp_path: Path, voc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = tmp_path / "elsewhere" / "VOCdevkit"  # where the data was on the machine that trained
+    checkpoint = _recorded_checkpoint(tmp_path, gone)
+    assert _run(["eval", str(checkpoint), "--json"]) == 2
+    _assert_one_line_error(capsys.readouterr().err, "eval", gone)
+    assert _run(["eval", str(checkpoint), "--set", f"data.root={voc}", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["ap"]) == {"cat", "dog"}
+    assert _run(["eval", str(checkpoint), "--set", "data.input_size=33"]) == 2
+    err = capsys.readouterr().err
+    _assert_one_line_error(err, "eval", checkpoint)
+    assert "data.input_size: Input should be a multiple of 32" in err
+
+
+@pytest.mark.parametrize(
+    ("method", "option", "recorded"),
+    [("filter", ["--criterion", "bn"], ("bn", "layer")), ("weight", ["--scope", "global"], ("l1", "global"))],
+)  # fmt: skip
+def test_prune_records_the_options_it_was_given(
+    tmp_path: Path, method: str, option: list[str], recorded: tuple[str, str]
+) -> None:
+    checkpoint = save_checkpoint(_model(), tmp_path / "dense.safetensors")
+    out = tmp_path / "pruned.safetensors"
+    argv = ["prune", str(checkpoint), "--method", method, "--ratio", "0.5", *option]
+    assert _run([*argv, "--out", str(out)]) == 0
+    prune = checkpoint_metadata(out)["meta"]["prune"]
+    assert (prune["criterion"], prune["scope"]) == recorded
+
+
+IGNORED = {
+    "prune --criterion with weight": (
+        ["prune", "m.safetensors", "--method", "weight", "--ratio", "0.5", "--criterion", "bn",
+         "--out", "out"], "--criterion ranks filters: it does nothing with --method weight"),
+    "prune --scope with filter": (
+        ["prune", "m.safetensors", "--method", "filter", "--ratio", "0.5", "--scope", "global",
+         "--out", "out"], "--scope is weight pruning's threshold: it does nothing with --method filter"),
+    "predict --image-set without --results-dir": (
+        ["predict", "m.safetensors", "a.jpg", "--out", "out", "--image-set", "val"],
+        "--image-set names the results files: give --results-dir too"),
+    "compare with 6 images": (
+        ["compare", "a.safetensors", "b.safetensors", "--images", *"123456", "--out", "out"],
+        "--images: 6 given, boxes.png shows 5"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "message"), IGNORED.values(), ids=IGNORED.keys())
+def test_an_option_that_would_do_nothing_is_an_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"prune-search {argv[0]}: error: {message}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_letterboxes_as_the_checkpoint_was_evaluated(
+    tmp_path: Path, voc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The voc fixture's images are 300 x 200: letterboxed or squeezed, the model sees other pixels.
+    checkpoint = _recorded_checkpoint(tmp_path, voc, letterbox=True)
+    assert _run(["eval", str(checkpoint), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    images = sorted((voc / "VOC2007" / "JPEGImages").glob("*.jpg"))
+    results = tmp_path / "results"
+    argv = ["predict", str(checkpoint), *map(str, images), "--out", str(tmp_path / "png")]
+    assert _run([*argv, "--results-dir", str(results)]) == 0
+    assert _run([*_eval_dets(voc, results), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert predicted["ap"] == pytest.approx(evaluated["ap"], abs=1e-9)
+    # The boxes written are the letterboxed model's, which are not the squeezed model's.
+    model = load_checkpoint(checkpoint)
+    boxed, squeezed = (
+        detect(model, images, conf_thresh=0.005, letterbox=letterbox) for letterbox in (True, False)
+    )
+    assert not torch.equal(boxed[0].boxes, squeezed[0].boxes)
+    expected = Detections.from_images(
+        [p.stem for p in images],
+        [to_voc_pixels(found.boxes, 200, 300).numpy() for found in boxed],
+        [found.scores.numpy() for found in boxed],
+        [found.labels.numpy() for found in boxed],
+    )
+    by_class = np.argsort(expected.labels, kind="stable")
+    written = read_results(results, "test", CLASSES)
+    np.testing.assert_array_equal(written.image_ids, expected.image_ids[by_class])
+    np.testing.assert_array_equal(written.labels, expected.labels[by_class])
+    np.testing.assert_allclose(written.boxes, expected.boxes[by_class], atol=1e-5)
+    np.testing.assert_allclose(written.scores, expected.scores[by_class], atol=1e-6)
+
+
+def test_compare_letterboxes_each_model_as_it_was_trained(
+    tmp_path: Path, voc: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dense = _recorded_checkpoint(tmp_path / "dense", voc, letterbox=True)
+    pruned = _recorded_checkpoint(tmp_path / "pruned", voc, letterbox=True)
+    images = sorted((voc / "VOC2007" / "JPEGImages").glob("*.jpg"))
+    argv = ["compare", str(dense), str(pruned), "--images", *map(str, images)]
+    assert _run([*argv, "--out", str(tmp_path / "figures")]) == 0
+    assert (tmp_path / "figures" / "boxes.png").is_file()

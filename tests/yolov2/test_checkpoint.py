@@ -13,7 +13,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import yolov2.checkpoint
-from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+from yolov2.checkpoint import (
+    checkpoint_letterbox,
+    checkpoint_metadata,
+    load_checkpoint,
+    save_checkpoint,
+)
 from yolov2.errors import InputError
 from yolov2.model import Architecture, YOLOv2, build_model, yolov2_tiny_voc, yolov2_voc
 
@@ -135,6 +140,23 @@ def test_metadata_holds_architecture_provenance_and_meta(tmp_path: Path) -> None
 def _failing_save(tensors: object, filename: str, metadata: object = None) -> None:
     Path(filename).write_bytes(b"half a file")  # a disk that fills up midway
     raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize(
+    ("meta", "letterbox"),
+    [
+        ({"config": {"data": {"letterbox": True}}}, True),
+        ({"config": {"data": {"letterbox": False}}}, False),
+        ({"source": {"darknet_cfg": "yolov2.cfg"}}, False),  # imported: darknet's v2 resizes
+        ({}, False),
+    ],
+)
+def test_the_letterbox_a_checkpoint_was_trained_with(
+    tmp_path: Path, meta: dict[str, object], letterbox: bool
+) -> None:
+    model = build_model(yolov2_tiny_voc(width=0.25, input_size=(64, 64)))
+    path = save_checkpoint(model, tmp_path / "m.safetensors", **meta)
+    assert checkpoint_letterbox(path) is letterbox
 
 
 def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 
 from yolov2.config import (
-    DEFAULT_CACHE,
     PruneConfig,
     Searched,
     SyntheticConfig,
     TrainConfig,
+    cache_location,
+    config_from_record,
+    default_cache,
     load_config,
     write_resolved,
 )
@@ -92,7 +94,8 @@ def test_empty_file_gives_defaults(tmp_path: Path, text: str) -> None:
     assert config.prune == PruneConfig()
     assert config.loss == LossConfig()
     assert config.name == "experiment"
-    assert config.data.root == (DEFAULT_CACHE / "synthetic" / "VOCdevkit").resolve()
+    assert config.cache_dir == default_cache().resolve()
+    assert config.data.root == config.cache_dir / "synthetic" / "VOCdevkit"
     assert config.data.input_size == 416
     assert config.data.class_names()[:2] == ["aeroplane", "bicycle"]
     assert len(config.data.class_names()) == 20
@@ -315,6 +318,122 @@ def test_paths_given_by_override_are_relative_to_the_config_folder(tmp_path: Pat
     path = _write(tmp_path, "", "experiments/exp.yaml")
     config = load_config(path, ["data.root=voc"])
     assert config.data.root == tmp_path / "experiments" / "voc"
+
+
+# --- the cache ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ours", "xdg", "expected"),
+    [
+        ("/ours", "/xdg", ("/ours", "PRUNE_SEARCH_CACHE")),
+        (None, "/xdg", ("/xdg/prune-search", "XDG_CACHE_HOME")),
+        (None, None, ("home/.cache/prune-search", "default")),
+        ("", "", ("home/.cache/prune-search", "default")),  # set but empty: as if unset
+        (None, "rel/xdg", ("home/.cache/prune-search", "default")),  # XDG: relative is invalid
+    ],
+)
+def test_cache_location(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ours: str | None,
+    xdg: str | None,
+    expected: tuple[str, str],
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name, value in (("PRUNE_SEARCH_CACHE", ours), ("XDG_CACHE_HOME", xdg)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert cache_location() == (tmp_path / expected[0], expected[1])
+    assert default_cache() == tmp_path / expected[0]
+
+
+def test_the_default_cache_follows_the_environment_at_load_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(tmp_path, "")
+    monkeypatch.delenv("PRUNE_SEARCH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    config = load_config(path)
+    assert config.cache_dir == tmp_path / "xdg" / "prune-search"
+    assert config.data.root == tmp_path / "xdg" / "prune-search" / "synthetic" / "VOCdevkit"
+    monkeypatch.setenv("PRUNE_SEARCH_CACHE", str(tmp_path / "ours"))
+    assert load_config(path).data.root == tmp_path / "ours" / "synthetic" / "VOCdevkit"
+
+
+def test_cache_variable_in_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRUNE_SEARCH_CACHE", str(tmp_path / "ours"))
+    text = "data:\n  root: ${cache}/synthetic-v2/VOCdevkit\nmodel:\n  darknet:\n    weights: ${cache}/w\n"
+    path = _write(tmp_path, text, "experiments/exp.yaml")
+    config = load_config(path)
+    assert config.data.root == tmp_path / "ours" / "synthetic-v2" / "VOCdevkit"
+    assert config.model.darknet is not None
+    assert config.model.darknet.weights == tmp_path / "ours" / "w"
+    # The experiment's own cache_dir (relative to its file) decides, and so does an override.
+    moved = load_config(path, ["cache_dir=../scratch"])
+    assert moved.cache_dir == tmp_path / "scratch"
+    assert moved.data.root == tmp_path / "scratch" / "synthetic-v2" / "VOCdevkit"
+    assert load_config(path, ["data.root=${cache}"]).data.root == tmp_path / "ours"
+    assert write_resolved(config, tmp_path / "run").read_text().count("${cache}") == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data.root=data/${cache}/x", "data.root"),
+        ("data.root=${CACHE}/x", "data.root"),
+        ("cache_dir=${cache}/x", "cache_dir"),
+        ("model.darknet.weights=w/${cache}", "model.darknet.weights"),
+    ],
+)
+def test_cache_variable_elsewhere_is_an_error(tmp_path: Path, override: str, key: str) -> None:
+    path = _write(tmp_path, "")
+    with pytest.raises(
+        InputError, match=rf"experiment\.yaml: {key}: .*only a leading \$\{{cache\}}/"
+    ):
+        load_config(path, [override])
+
+
+def test_a_synthetic_root_left_in_the_old_cache_is_kept_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("PRUNE_SEARCH_CACHE", raising=False)
+    text = "data:\n  root: ~/.cache/prune-search/synthetic-v2/VOCdevkit\n  synthetic: {}\n"
+    config = load_config(_write(tmp_path, text))
+    assert (
+        config.data.root
+        == tmp_path / "home" / ".cache" / "prune-search" / "synthetic-v2" / "VOCdevkit"
+    )
+    assert "write data.root as ${cache}/synthetic-v2/VOCdevkit" in caplog.text
+    caplog.clear()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    load_config(_write(tmp_path, text))  # the cache is there too: nothing to say
+    assert caplog.text == ""
+
+
+# --- a recorded experiment --------------------------------------------------------------------
+
+
+def test_config_from_record_applies_overrides_to_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(_write(tmp_path, FULL_YAML, "experiments/voc.yaml"))
+    record = config.model_dump(mode="json")
+    monkeypatch.chdir(tmp_path)
+    again = config_from_record(record, ["data.root=moved/VOCdevkit", "data.workers=3"], "ck")
+    assert again.data.root == tmp_path / "moved" / "VOCdevkit"  # from the current folder
+    assert again.data.workers == 3
+    assert again.model.darknet == config.model.darknet  # recorded absolute paths stay
+    assert config_from_record(record, None, "ck") == config
+    assert record["data"]["workers"] == 0  # the record itself is untouched
+    with pytest.raises(
+        InputError, match=r"^ck: data\.input_size: Input should be a multiple of 32"
+    ):
+        config_from_record(record, ["data.input_size=33"], "ck")
 
 
 # --- digest and the resolved copy -----------------------------------------------------------------

@@ -174,3 +174,13 @@ def test_weight_decay_reaches_only_convolution_weights(name: str, kind: type) ->
     convs = {id(block.conv.weight) for block in model.conv_blocks()}
     assert {id(p) for p in decayed["params"]} == convs
     assert len(plain["params"]) == len(list(model.parameters())) - len(convs)
+
+
+@pytest.mark.parametrize("letterbox", [False, True])
+def test_training_and_evaluation_letterbox_alike(tmp_path: Path, letterbox: bool) -> None:
+    from yolov2.engine import eval_loader, train_loader
+
+    config = smoke_config(tmp_path, f"data.letterbox={str(letterbox).lower()}")
+    train = train_loader([], config.data, config.train).dataset.transform
+    evaluation = eval_loader([], config.data, 2).dataset.transform
+    assert train.letterbox is evaluation.letterbox is letterbox
