@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Until the search lands, the main job is one pipeline on the embedded default experiment.
+# The main job: the search on the embedded default experiment, into runs/default.
 run: $(STAMP)
-	$(VENV)/bin/prune-search pipeline experiments/default.yaml --out runs/default $(ARGS)
+	$(VENV)/bin/prune-search run experiments/default.yaml $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -22,6 +22,7 @@ import numpy as np
 
 from yolov2.errors import InputError
 from yolov2.files import write_text_atomic
+from yolov2.pipeline import METRIC_NAMES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,19 +30,7 @@ if TYPE_CHECKING:
 LEDGER_FILE = "trials.json"
 COSTS = ("size_mb", "gflops", "latency_ms")
 COST_UNITS = {"size_mb": "MB", "gflops": "GFLOPs", "latency_ms": "ms"}
-# The metric names every trial reports last, in the order tables show them (design.md's list).
-METRICS = (
-    "map",
-    "map_voc12",
-    "size_mb",
-    "params",
-    "nonzero_params",
-    "sparsity",
-    "gflops",
-    "latency_ms",
-    "dense_map",
-    "pruned_map",
-)
+METRICS = METRIC_NAMES  # what every trial reports last, in the order tables show them
 PLACEMENT = ("node", "device")
 COMPLETE, FAILED, STOPPED = "COMPLETE", "FAIL", "PRUNED"
 

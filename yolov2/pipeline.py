@@ -40,6 +40,20 @@ from yolov2.prune import WeightMasks, expand_ratios, prune_filters, prune_weight
 log = logging.getLogger(__name__)
 
 DENSE_SECTIONS = ("data", "model", "loss", "train")
+# The numbers every pipeline run measures, by the names Ray results, CSV, TensorBoard and
+# checkpoints share (design.md); `node` and `device` say where they were measured.
+METRIC_NAMES = (
+    "map",
+    "map_voc12",
+    "size_mb",
+    "params",
+    "nonzero_params",
+    "sparsity",
+    "gflops",
+    "latency_ms",
+    "dense_map",
+    "pruned_map",
+)
 METRICS_FILE = "metrics.json"
 DENSE_CACHE = "dense"  # the cache's folder of dense stages, one folder per digest
 LOCK_FILE = ".lock"  # held while a dense stage is trained into its folder

@@ -11,7 +11,7 @@ import torch
 
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint
 from yolov2.config import ExperimentConfig, load_config
-from yolov2.pipeline import DENSE_SECTIONS, run
+from yolov2.pipeline import DENSE_SECTIONS, METRIC_NAMES, run
 from yolov2.prune import prunable_convs
 
 SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
@@ -46,9 +46,15 @@ def test_filter_pipeline_shrinks_the_model_and_reuses_the_dense_stage(
 
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert set(metrics) >= METRICS
+    assert set(metrics) == set(METRIC_NAMES) | {"node", "device"}
     assert metrics == pytest.approx(first.metrics)
     assert metrics["size_mb"] == pytest.approx(first.checkpoint.stat().st_size / 1e6)
-    assert metrics["params"] < sum(p.numel() for p in dense.parameters()) * 0.4
+    dense_params = sum(p.numel() for p in dense.parameters())
+    assert metrics["params"] < dense_params * 0.4
+    # sparsity is against the dense model, so filter pruning (few zeros) shares weight pruning's axis
+    assert metrics["sparsity"] == pytest.approx(1 - metrics["nonzero_params"] / dense_params)
+    assert metrics["sparsity"] > 0.6
+    assert 0 <= metrics["pruned_map"] <= 1
     assert all(
         after <= before for before, after in zip(dense.arch.widths, pruned.arch.widths, strict=True)
     )

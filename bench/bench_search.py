@@ -1,0 +1,110 @@
+"""The default search, measured: its wall time, its orchestration overhead and what its front means.
+
+Runs `prune-search run` on the default experiment into a temporary folder, with the dense stage
+made first (and timed apart), then prints side by side:
+- the search's wall time and the ideal, the sum of the trials' own times (Ray's `time_total_s`)
+  divided by the concurrency: their ratio is the orchestration overhead (target <= 1.10);
+- the front: its points, the span of its GFLOPs (target >= 3x), and the cheapest pruned point within
+  3 map points of the dense model (target >= 40% fewer GFLOPs);
+- the wall time with the dense stage cached (target <= 15 minutes) and with it (<= 25 minutes).
+Exits non-zero when a target is missed.
+
+    python bench/bench_search.py [--set key=value ...] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT = Path(__file__).resolve().parents[1] / "experiments" / "default.yaml"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", action="append", default=[], help="override, e.g. search.num_samples=4")
+    parser.add_argument("--keep", type=Path, help="write the experiment here (default: a temporary folder)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    from search import tuner
+    from search.space import build_space
+    from yolov2.config import load_config
+
+    config = load_config(DEFAULT, args.set)
+    space = build_space(config, str(DEFAULT))
+    start = time.perf_counter()
+    tuner.make_dense(config, space)
+    dense_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as scratch:
+        storage = args.keep or Path(scratch)
+        directory = (storage / config.name).resolve()
+        start = time.perf_counter()
+        outcome = tuner.run(config, str(DEFAULT), directory, None)
+        search_s = time.perf_counter() - start
+        trial_s = _trial_seconds(directory / tuner.RAY_DIR)
+        return report(outcome, config.search.max_concurrent, dense_s, search_s, trial_s)
+
+
+def _trial_seconds(ray_dir: Path) -> list[float]:
+    seconds = []
+    for results in sorted(ray_dir.glob("trial_*/result.json")):
+        last = json.loads(results.read_text().splitlines()[-1])
+        seconds.append(float(last["time_total_s"]))
+    return seconds
+
+
+def report(outcome: object, concurrency: int, dense_s: float, search_s: float, trial_s: list[float]) -> int:
+    front = outcome.front  # type: ignore[attr-defined]
+    table = front.table
+    done = table[table["state"] == "COMPLETE"]
+    dense = done[done["dense"].astype(bool)]
+    points = front.points
+    ideal = sum(trial_s) / concurrency
+    overhead = search_s / ideal if ideal else float("inf")
+    span = points["gflops"].max() / points["gflops"].min() if len(points) else 0.0
+    dense_map = float(dense["map"].iloc[0]) if len(dense) else float("nan")
+    dense_gflops = float(dense["gflops"].iloc[0]) if len(dense) else float("nan")
+    close = done[(~done["dense"].astype(bool)) & (done["map"] >= dense_map - 0.03)]
+    cheapest = close.sort_values("gflops").iloc[0] if len(close) else None
+    saving = 1 - float(cheapest["gflops"]) / dense_gflops if cheapest is not None else 0.0
+
+    print(f"\ndefault search: {len(table)} trials, {len(done)} completed, {concurrency} at a time")
+    print(f"  dense stage:                  {dense_s / 60:6.2f} min (0 when cached)")
+    print(f"  search (dense cached):        {search_s / 60:6.2f} min   target <= 15")
+    print(f"  search + dense stage:         {(search_s + dense_s) / 60:6.2f} min   target <= 25 from a cold cache")
+    print(f"  ideal (sum of trials / {concurrency}):    {ideal / 60:6.2f} min")
+    print(f"  orchestration overhead:       {overhead:6.3f}x    target <= 1.10")
+    print(f"  front: {len(points)} points, GFLOPs span {span:.2f}x   targets >= 4 points, >= 3x")
+    print(f"  dense: map {dense_map:.4f} at {dense_gflops:.4f} GFLOPs")
+    if cheapest is not None:
+        print(
+            f"  cheapest within 3 map points: {cheapest['trial_id']} map {cheapest['map']:.4f} at "
+            f"{cheapest['gflops']:.4f} GFLOPs ({saving:.0%} fewer)   target >= 40% fewer"
+        )
+    print(front.points[["trial_id", "map", "map_voc12", "gflops", "size_mb", "latency_ms"]].to_string(index=False))
+    missed = [
+        name
+        for name, ok in (
+            ("trials >= 12", len(done) >= 12),
+            ("search <= 15 min with the dense stage cached", search_s <= 15 * 60),
+            ("overhead <= 1.10", overhead <= 1.10),
+            ("front >= 4 points", len(points) >= 4),
+            ("GFLOPs span >= 3x", span >= 3),
+            (">= 40% fewer GFLOPs within 3 map points", saving >= 0.40),
+        )
+        if not ok
+    ]
+    if dense_s > 0 and search_s + dense_s > 25 * 60:
+        missed.append("search + dense stage <= 25 min")
+    print("targets: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
