@@ -27,8 +27,12 @@ DEFAULT = Path(__file__).resolve().parents[1] / "experiments" / "default.yaml"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", action="append", default=[], help="override, e.g. search.num_samples=4")
-    parser.add_argument("--keep", type=Path, help="write the experiment here (default: a temporary folder)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="override, e.g. search.num_samples=4"
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="write the experiment here (default: a temporary folder)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -59,7 +63,9 @@ def _trial_seconds(ray_dir: Path) -> list[float]:
     return seconds
 
 
-def report(outcome: object, concurrency: int, dense_s: float, search_s: float, trial_s: list[float]) -> int:
+def report(
+    outcome: object, concurrency: int, dense_s: float, search_s: float, trial_s: list[float]
+) -> int:
     front = outcome.front  # type: ignore[attr-defined]
     table = front.table
     done = table[table["state"] == "COMPLETE"]
@@ -77,7 +83,9 @@ def report(outcome: object, concurrency: int, dense_s: float, search_s: float, t
     print(f"\ndefault search: {len(table)} trials, {len(done)} completed, {concurrency} at a time")
     print(f"  dense stage:                  {dense_s / 60:6.2f} min (0 when cached)")
     print(f"  search (dense cached):        {search_s / 60:6.2f} min   target <= 15")
-    print(f"  search + dense stage:         {(search_s + dense_s) / 60:6.2f} min   target <= 25 from a cold cache")
+    print(
+        f"  search + dense stage:         {(search_s + dense_s) / 60:6.2f} min   target <= 25 from a cold cache"
+    )
     print(f"  ideal (sum of trials / {concurrency}):    {ideal / 60:6.2f} min")
     print(f"  orchestration overhead:       {overhead:6.3f}x    target <= 1.10")
     print(f"  front: {len(points)} points, GFLOPs span {span:.2f}x   targets >= 4 points, >= 3x")
@@ -87,7 +95,11 @@ def report(outcome: object, concurrency: int, dense_s: float, search_s: float, t
             f"  cheapest within 3 map points: {cheapest['trial_id']} map {cheapest['map']:.4f} at "
             f"{cheapest['gflops']:.4f} GFLOPs ({saving:.0%} fewer)   target >= 40% fewer"
         )
-    print(front.points[["trial_id", "map", "map_voc12", "gflops", "size_mb", "latency_ms"]].to_string(index=False))
+    print(
+        front.points[["trial_id", "map", "map_voc12", "gflops", "size_mb", "latency_ms"]].to_string(
+            index=False
+        )
+    )
     missed = [
         name
         for name, ok in (

@@ -56,12 +56,7 @@ def add_run(commands: Any) -> None:
 def cmd_resume(args: argparse.Namespace) -> int:
     from search import tuner
 
-    directory = args.experiment_dir.resolve()
-    config, _ = tuner.load_experiment(directory)
-    outcome = tuner.resume(directory, args.address)
-    if outcome.finished and len(outcome.front.table) >= config.search.num_samples:
-        log.info("%s: the search has finished", directory)
-    return _conclude(outcome)
+    return _conclude(tuner.resume(args.experiment_dir.resolve(), args.address))
 
 
 def add_resume(commands: Any) -> None:

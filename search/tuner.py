@@ -52,8 +52,11 @@ class Outcome:
 
 
 def run(config: ExperimentConfig, source: str, directory: Path, address: str | None) -> Outcome:
-    """A new search into `directory` (`<storage>/<name>`)."""
+    """A new search into `directory` (`<storage>/<name>`); the same search again resumes it."""
     space = build_space(config, source)  # 1. the space, checked before Ray starts
+    if _same_search(directory, config):
+        log.info("%s holds this search already: resuming it", directory)
+        return resume(directory, address)
     _check_new_experiment_dir(directory)
     make_dense(config, space)  # 2. the dense stage, once, with every core of this machine
     with ray_session(address):  # 3. Ray: a loopback instance of our own, or the cluster
@@ -70,6 +73,7 @@ def resume(directory: Path, address: str | None = None) -> Outcome:
 
     config, space = load_experiment(directory)
     if len(Ledger.load(directory).records) >= config.search.num_samples:
+        log.info("%s: the search has finished (%d trials)", directory, config.search.num_samples)
         return _outcome(directory, config, space)
     with ray_session(address):
         check_resources(config.search)
@@ -121,14 +125,21 @@ def write_front_files(directory: Path, front: Front, csv: Path | None = None) ->
         figure.savefig(temporary, format="png")
 
 
+def _same_search(directory: Path, config: ExperimentConfig) -> bool:
+    if not (directory / EXPERIMENT_FILE).exists():
+        return False
+    stored, _ = load_experiment(directory)
+    if stored != config:
+        raise InputError(
+            f"{directory}: holds another search (its {EXPERIMENT_FILE} differs); "
+            f"`prune-search resume {directory}` finishes that one, or give another --name"
+        )
+    return True
+
+
 def _check_new_experiment_dir(directory: Path) -> None:
     """`directory` is not a search yet and can be written: checked before any work, and nothing
     left behind (a folder this made is removed again)."""
-    if (directory / EXPERIMENT_FILE).exists():
-        raise InputError(
-            f"{directory}: holds a search already; `prune-search resume {directory}` finishes "
-            "it, or give another --name"
-        )
     existed = directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)

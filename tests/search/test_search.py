@@ -212,14 +212,27 @@ def test_a_budget_nobody_meets_names_the_nearest_trial(
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_a_second_run_into_the_same_folder_points_to_resume(searched: dict[str, Any]) -> None:
+def test_another_search_into_the_same_folder_is_refused(searched: dict[str, Any]) -> None:
     directory = searched["dir"]
     code, _, err = search(
         ["run", str(SMOKE), "--storage", str(directory.parent), "--name", directory.name,
          *set_arguments(smoke_overrides(searched["cache"]))]
     )  # fmt: skip
     assert code == 2
+    assert f"{directory}: holds another search (its experiment.yaml differs)" in err
     assert f"prune-search resume {directory}" in err
+
+
+def test_the_same_search_again_says_it_has_finished(searched: dict[str, Any]) -> None:
+    directory = searched["dir"]
+    overrides = smoke_overrides(searched["cache"], SPACE, "search.max_concurrent=2")
+    code, out, err = search(
+        ["run", str(SMOKE), "--storage", str(directory.parent), "--name", directory.name,
+         "--num-samples", str(NUM_SAMPLES), *set_arguments(overrides)]
+    )  # fmt: skip
+    assert code == 0, err
+    assert "holds this search already: resuming it" in err
+    assert f"{NUM_SAMPLES} trials ({NUM_SAMPLES} complete)" in out
 
 
 def test_resuming_a_finished_search_says_so_and_prints_the_front(searched: dict[str, Any]) -> None:

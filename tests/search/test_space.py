@@ -177,3 +177,21 @@ def test_a_space_over_the_whole_loop_is_marked_as_touching_the_dense_stage(tmp_p
     trial = space.apply(config, {"loss.coord_scale": 1.7})
     assert trial.loss.coord_scale == 1.7
     assert trial.digest("loss") != config.digest("loss")
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2", "gp", "random"])
+def test_every_named_sampler_runs_the_space_multi_objective(tmp_path: Path, name: str) -> None:
+    from search.tuner import make_sampler
+
+    config, source = _config(tmp_path, SPACE, f"search.sampler={name}", "search.num_samples=8")
+    space = build_space(config, source)
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=make_sampler(config.search, known=1)
+    )
+    for number in range(8):
+        trial = study.ask()
+        params = sample(space, trial)
+        ratio = sum(params[n] for n in space.ratio_names) / len(space.ratio_names)
+        study.tell(trial, [1 - ratio + 0.01 * number, 1 - ratio])
+    assert len(study.best_trials) >= 1
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
