@@ -44,7 +44,7 @@ def test_train_writes_a_checkpoint_with_its_config_and_tensorboard(
     run_dir = trained["dense"].parent
     meta = checkpoint_metadata(trained["dense"])["meta"]
     assert meta["stage"] == "dense"
-    assert 0 <= meta["metrics"]["map"] <= 1
+    assert meta["metrics"]["map"] > 0.5  # the smoke model learns its images
     assert (run_dir / "config.yaml").exists()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -52,6 +52,9 @@ def test_train_writes_a_checkpoint_with_its_config_and_tensorboard(
 def test_pipeline_writes_every_metric(trained: dict[str, Path]) -> None:
     metrics = json.loads((trained["pruned"].parent / "metrics.json").read_text())
     assert {"map", "map_voc12", "size_mb", "params", "gflops", "latency_ms"} <= set(metrics)
+    dense_map = checkpoint_metadata(trained["dense"])["meta"]["metrics"]["map"]
+    assert metrics["dense_map"] == pytest.approx(dense_map)  # train and pipeline: one recipe
+    assert 0 < metrics["map"] < metrics["dense_map"]  # half the filters, six finetune epochs
     dense, pruned = load_checkpoint(trained["dense"]), load_checkpoint(trained["pruned"])
     assert sum(pruned.arch.widths) < sum(dense.arch.widths)
 
@@ -65,19 +68,48 @@ def test_eval_json_uses_the_data_recorded_in_the_checkpoint(
     assert set(result) == {"map", "map_voc12", "ap"}
     recorded = checkpoint_metadata(trained["dense"])["meta"]["metrics"]
     assert result["map"] == pytest.approx(recorded["map"])
+    assert result["map_voc12"] == pytest.approx(recorded["map_voc12"])
+    assert result["map"] > 0.5
     assert len(result["ap"]) == 8
 
 
-def test_predict_draws_pngs_and_writes_voc_results(
-    trained: dict[str, Path], tmp_path: Path
+def test_eval_with_config_reads_that_config_s_data(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    images = [a.image_path for a in read_voc(trained["voc"], [("2007", "test")], _classes())[:2]]
+    where = ["--set", f"data.root={trained['voc']}", "--set", f"cache_dir={trained['root']}"]
+    capsys.readouterr()
+    assert _run(["eval", str(trained["dense"]), "--config", str(SMOKE), *where, "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    recorded = checkpoint_metadata(trained["dense"])["meta"]["metrics"]
+    assert same["map"] == pytest.approx(recorded["map"])
+    # The same weights on another image set: the 4 held-out images the model never saw.
+    held_out = [*where, "--set", "data.test_sets=[[2007,test]]"]
+    assert _run(["eval", str(trained["dense"]), "--config", str(SMOKE), *held_out, "--json"]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert other["map"] != pytest.approx(recorded["map"])
+
+
+def test_predict_draws_pngs_and_writes_voc_results_that_eval_dets_scores_as_eval_does(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = [a.image_path for a in read_voc(trained["voc"], [("2007", "trainval")], _classes())]
     argv = ["predict", str(trained["dense"]), *map(str, images), "--out", str(tmp_path / "png")]
-    assert _run([*argv, "--results-dir", str(tmp_path / "results")]) == 0
+    results = tmp_path / "results"
+    assert _run([*argv, "--results-dir", str(results), "--image-set", "trainval"]) == 0
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == sorted(
         f"{p.stem}.png" for p in images
     )
-    assert len(list((tmp_path / "results").glob("comp4_det_test_*.txt"))) == 8
+    files = list(results.glob("comp4_det_trainval_*.txt"))
+    assert len(files) == 8
+    assert all(f.stat().st_size > 0 for f in files)  # at conf 0.005 every class has candidates
+
+    capsys.readouterr()
+    argv = ["eval-dets", "--voc-root", str(trained["voc"]), "--image-set", "trainval"]
+    assert _run([*argv, "--results", str(results), "--classes", "synthetic", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    recorded = checkpoint_metadata(trained["dense"])["meta"]["metrics"]
+    assert scored["map"] == pytest.approx(recorded["map"], abs=1e-4)
+    assert scored["map"] > 0.5
 
 
 def test_compare_writes_the_three_figures(trained: dict[str, Path], tmp_path: Path) -> None:

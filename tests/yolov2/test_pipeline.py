@@ -70,18 +70,26 @@ def test_filter_pipeline_shrinks_the_model_and_reuses_the_dense_stage(
     assert "dense stage: reusing" in caplog.text
     assert (dense_dir / "model.safetensors").stat().st_mtime_ns == mtime
     assert second.metrics["params"] > first.metrics["params"]
+    # Real maps: the smoke model learns, and pruning less of it keeps another map.
+    assert first.metrics["dense_map"] == second.metrics["dense_map"] > 0.5
+    assert 0 < first.metrics["map"] != second.metrics["map"] > 0
 
 
 def test_weight_pipeline_keeps_masks_through_finetuning(tmp_path: Path) -> None:
-    config = smoke(tmp_path, "prune.method=weight", "prune.ratio=0.8", "finetune.epochs=2")
+    weight = ("prune.method=weight", "prune.ratio=0.8", "finetune.epochs=2")
+    config = smoke(tmp_path, *weight)
     result = run(config, tmp_path / "w")
     model = load_checkpoint(result.checkpoint)
     convs = [model.conv_blocks()[i].conv.weight for i in prunable_convs(model.arch)]
     zero_fraction = [float((w == 0).float().mean()) for w in convs]
     assert min(zero_fraction) == pytest.approx(0.8, abs=0.01)
     assert result.metrics["sparsity"] > 0.7
+    assert result.metrics["map"] > 0
     dense = run(smoke(tmp_path, "prune.method=none"), tmp_path / "d")
     assert result.metrics["size_mb"] <= 0.3 * dense.metrics["size_mb"]
+    assert dense.metrics["map"] == dense.metrics["dense_map"] > 0.5
+    lower_lr = run(smoke(tmp_path, *weight, "finetune.lr=0.001"), tmp_path / "w2")
+    assert 0 < lower_lr.metrics["map"] != result.metrics["map"]
 
 
 def test_iterative_pruning_reaches_the_configured_ratio(tmp_path: Path) -> None:
@@ -121,7 +129,7 @@ def test_the_weights_do_not_depend_on_the_loader_workers(tmp_path: Path) -> None
 
     checkpoints = {}
     for workers in (0, 2):
-        config = smoke(tmp_path, f"data.workers={workers}", "train.eval_every=0")
+        config = smoke(tmp_path, f"data.workers={workers}", "train.epochs=3")
         stage = train_dense(config, load_splits(config.data), tmp_path / f"workers{workers}")
         checkpoints[workers] = _weights(stage.checkpoint)
     serial, parallel = checkpoints[0], checkpoints[2]
@@ -155,12 +163,13 @@ def test_the_dense_cache_is_keyed_on_what_shapes_the_weights(
 def test_another_worker_count_reuses_the_cached_dense_model(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run(smoke(tmp_path, "prune.method=none"), tmp_path / "a")
+    short = ("prune.method=none", "train.epochs=2")
+    run(smoke(tmp_path, *short), tmp_path / "a")
     (dense_dir,) = (tmp_path / "cache" / "dense").iterdir()
     mtime = (dense_dir / "model.safetensors").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="yolov2.pipeline"):
-        run(smoke(tmp_path, "prune.method=none", "data.workers=1"), tmp_path / "b")
+        run(smoke(tmp_path, *short, "data.workers=1"), tmp_path / "b")
     assert "dense stage: reusing" in caplog.text
     assert (dense_dir / "model.safetensors").stat().st_mtime_ns == mtime
-    run(smoke(tmp_path, "prune.method=none", "train.lr=0.002"), tmp_path / "c")
+    run(smoke(tmp_path, *short, "train.lr=0.002"), tmp_path / "c")
     assert len(list((tmp_path / "cache" / "dense").iterdir())) == 2
