@@ -187,13 +187,11 @@ def _load_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from yolov2.config import write_resolved
     from yolov2.engine import load_splits
     from yolov2.pipeline import train_dense
 
     config = _load_config(args)
     splits = load_splits(config.data)
-    write_resolved(config, args.out)
     stage = train_dense(config, splits, args.out)
     log.info(
         "wrote %s: map %.4f (VOC07 11-point), map_voc12 %.4f",

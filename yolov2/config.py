@@ -166,6 +166,12 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every: int = Field(1, ge=0)  # epochs; 0: only at the end
     seed: int = 0
+    # Images the starting weights count as trained on (darknet's `seen`); the loss's prior warm-up
+    # (loss.prior_warmup_images) runs while the count is below it. None carries the count on, as
+    # darknet does from a .weights file: 0 for the dense model, the dense stage's count (and then
+    # each round's) when finetuning, so finetuning does not pull trained boxes back toward the
+    # anchors. `finetune.seen: 0` asks a finetune to warm up again.
+    seen: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _schedule(self) -> TrainConfig:
@@ -452,10 +458,15 @@ def _warn_outside_cache(config: ExperimentConfig, file: Path) -> None:
         )  # fmt: skip
 
 
-def write_resolved(config: ExperimentConfig, directory: str | os.PathLike[str]) -> Path:
-    """Write the resolved config next to a run's outputs, as `config.yaml`."""
+def write_resolved(
+    config: ExperimentConfig, directory: str | os.PathLike[str], *, replace: bool = True
+) -> Path:
+    """Write the resolved config next to a run's outputs, as `config.yaml`; with `replace` False,
+    only when there is none yet (a run writes it at its start so, and again once it has trained,
+    so that a rerun refused for other settings leaves the config that made the weights)."""
     from yolov2.files import write_text_atomic
 
     path = Path(directory) / "config.yaml"
-    write_text_atomic(path, config.to_yaml())
+    if replace or not path.exists():
+        write_text_atomic(path, config.to_yaml())
     return path

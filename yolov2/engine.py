@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -20,7 +22,7 @@ from torchvision import tv_tensors
 from tqdm import tqdm
 
 from yolov2.boxes import ImageDetections, postprocess, to_voc_pixels
-from yolov2.config import DataConfig, TrainConfig
+from yolov2.config import DataConfig, TrainConfig, shaping
 from yolov2.data import (
     Annotation,
     DarknetAugment,
@@ -273,12 +275,62 @@ def evaluate(
     return {"map": voc07.map, "map_voc12": voc12.map, "ap": voc07.ap, "ap_voc12": voc12.ap}
 
 
+def weights_digest(model: nn.Module) -> str:
+    """A 16-hex-digit hash of every tensor of `model` (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().view(-1)
+        digest.update(f"{name} {flat.dtype} {list(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def training_settings(
+    model: nn.Module,
+    *,
+    data: DataConfig,
+    train: TrainConfig,
+    loss: LossConfig,
+    masks: WeightMasks | None,
+    seen: int,
+) -> dict[str, Any]:
+    """What decides the weights a fit ends with: the shaping fields of its config sections (run-time
+    knobs left out) and where it starts (weights, masks, images already seen). A training state is
+    resumed only by a fit whose settings are these."""
+    return {
+        "data": shaping(data),
+        "train": shaping(train),
+        "loss": shaping(loss),
+        "start": {
+            "weights": weights_digest(model),
+            "masks": _masks_digest(masks),
+            "seen": seen,
+        },
+    }
+
+
+def _masks_digest(masks: WeightMasks | None) -> str | None:
+    if masks is None:
+        return None
+    digest = hashlib.sha256()
+    for number, mask in sorted(masks.masks.items()):
+        digest.update(f"{number} {list(mask.shape)}".encode())
+        digest.update(mask.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def save_state(
     path: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: TrainState,
+    *,
+    settings: dict[str, Any],
 ) -> None:
     payload = {
         "model": model.state_dict(),
@@ -288,24 +340,57 @@ def save_state(
         "step": state.step,
         "seen": state.seen,
         "history": state.history,
+        "settings": json.dumps(settings, sort_keys=True),
+        "digest": settings_digest(settings),
     }
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
 
 
 def load_state(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    settings: dict[str, Any],
 ) -> TrainState:
+    """The training state at `path`, loaded into model, optimizer and scheduler, if it was saved by
+    a fit with these `settings`; otherwise an InputError that says what differs and how to start
+    afresh (a resumed run must end where an uninterrupted one would)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as error:
+        raise InputError(
+            f"{path}: cannot resume from this training state ({str(error).splitlines()[0]})"
+        ) from None
+    if payload.get("digest") != settings_digest(settings):
+        recorded = json.loads(payload["settings"]) if "settings" in payload else {}
+        changed = _differences(recorded, settings) if recorded else ["(no settings recorded)"]
+        raise InputError(
+            f"{path}: a training state of other settings ({', '.join(changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}); to start afresh remove {path.parent} "
+            "or pick another output folder"
+        )
+    try:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
-    except (RuntimeError, KeyError, EOFError, OSError) as error:
+    except (RuntimeError, KeyError, ValueError) as error:
         raise InputError(
             f"{path}: cannot resume from this training state ({str(error).splitlines()[0]})"
         ) from None
     return TrainState(payload["epoch"], payload["step"], payload["seen"], list(payload["history"]))
+
+
+def _differences(old: Any, new: Any, key: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts, as 'key old -> new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            change
+            for name in sorted(set(old) | set(new))
+            for change in _differences(old.get(name), new.get(name), f"{key}.{name}".lstrip("."))
+        ]
+    return [] if old == new else [f"{key} {old} -> {new}"]
 
 
 @dataclass(frozen=True)
@@ -313,6 +398,7 @@ class FitResult:
     model: YOLOv2
     history: list[dict[str, Any]]  # one entry per epoch: losses, lr, images/s, map when evaluated
     final: dict[str, Any]  # the last evaluation: map, map_voc12, ap
+    seen: int  # images the weights have been trained on, the starting weights' included
 
 
 def fit(
@@ -326,15 +412,24 @@ def fit(
     report: Report | None = None,
     masks: WeightMasks | None = None,
     tag: str = "train",
+    seen: int = 0,
 ) -> FitResult:
-    """Train `model` for `train.epochs`, resuming from `out_dir` if a run there was interrupted.
+    """Train `model` for `train.epochs`, resuming from `out_dir` if a run of the same settings there
+    was interrupted (and refusing a training state of other settings: `load_state`).
 
-    Saves the training state every epoch, writes TensorBoard scalars under `out_dir`, and calls
-    `report` with each epoch's metrics (the search reports them to Ray Tune through it).
+    `seen` is how many images the starting weights have been trained on (darknet's `seen`: a
+    finetune passes the dense stage's), unless `train.seen` says otherwise; the loss's prior
+    warm-up runs while the count is below `loss.prior_warmup_images`. Saves the training state
+    every epoch, writes TensorBoard scalars under `out_dir`, and calls `report` with each epoch's
+    metrics (the search reports them to Ray Tune through it).
     """
     from torch.utils.tensorboard import SummaryWriter
 
     out = Path(out_dir)
+    start_seen = train.seen if train.seen is not None else seen
+    settings = training_settings(
+        model, data=data, train=train, loss=loss, masks=masks, seen=start_seen
+    )
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(train.device)
     torch.manual_seed(train.seed)
@@ -349,7 +444,9 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train, total_steps))
     state_path = out / STATE_FILE
     state = (
-        load_state(state_path, model, optimizer, scheduler) if state_path.exists() else TrainState()
+        load_state(state_path, model, optimizer, scheduler, settings)
+        if state_path.exists()
+        else TrainState(seen=start_seen)
     )
     if state.epoch:
         log.info("%s: resuming %s at epoch %d of %d", tag, out, state.epoch + 1, train.epochs)
@@ -378,12 +475,14 @@ def fit(
             metrics["epoch"] = state.epoch
             _log_epoch(writer, tag, metrics, state.epoch)
             state.history.append(metrics)
-            save_state(state_path, model, optimizer, scheduler, state)
+            save_state(state_path, model, optimizer, scheduler, state, settings=settings)
             if report is not None:
                 report(dict(metrics))
     if not final:
         final = evaluate(model, test_loader, splits.test, splits.classes, device)
-    return FitResult(model.to(memory_format=torch.contiguous_format), state.history, final)
+    return FitResult(
+        model.to(memory_format=torch.contiguous_format), state.history, final, state.seen
+    )
 
 
 def _log_epoch(writer: Any, tag: str, metrics: Mapping[str, Any], epoch: int) -> None:

@@ -101,6 +101,7 @@ class Stage:
     checkpoint: Path
     map: float
     map_voc12: float
+    seen: int  # images the weights have been trained on (darknet's `seen`)
 
 
 def train_dense(
@@ -108,6 +109,7 @@ def train_dense(
 ) -> Stage:
     """1. dense: train from scratch or darknet weights into `out_dir/model.safetensors`."""
     model = initial_model(config, len(splits.classes))
+    write_resolved(config, out_dir, replace=False)
     result = fit(
         model,
         splits,
@@ -124,8 +126,12 @@ def train_dense(
         **_provenance(config, "dense", DENSE_SECTIONS),
         classes=splits.classes,
         metrics={"map": result.final["map"], "map_voc12": result.final["map_voc12"]},
+        seen=result.seen,
     )
-    return Stage(result.model, checkpoint, result.final["map"], result.final["map_voc12"])
+    write_resolved(config, out_dir)
+    return Stage(
+        result.model, checkpoint, result.final["map"], result.final["map_voc12"], result.seen
+    )
 
 
 def cached_dense(config: ExperimentConfig, splits: Splits, report: Report | None = None) -> Stage:
@@ -137,12 +143,11 @@ def cached_dense(config: ExperimentConfig, splits: Splits, report: Report | None
         if checkpoint.exists():
             log.info("dense stage: reusing %s", checkpoint)
             meta = json.loads((directory / METRICS_FILE).read_text())
-            return Stage(load_checkpoint(checkpoint), checkpoint, meta["map"], meta["map_voc12"])
-        write_resolved(config, directory)
+            model = load_checkpoint(checkpoint)
+            return Stage(model, checkpoint, meta["map"], meta["map_voc12"], meta["seen"])
         stage = train_dense(config, splits, directory, report)
-        write_text_atomic(
-            directory / METRICS_FILE, json.dumps({"map": stage.map, "map_voc12": stage.map_voc12})
-        )
+        recorded = {"map": stage.map, "map_voc12": stage.map_voc12, "seen": stage.seen}
+        write_text_atomic(directory / METRICS_FILE, json.dumps(recorded))
         return stage
 
 
@@ -198,7 +203,7 @@ def run(
     if config.prune.method != "none":  # a wrong ratio count fails before the dense model trains
         arch = architecture(config.model, len(splits.classes), config.data.input_size)
         expand_ratios(arch, config.prune.ratio, config.prune.ratios)
-    write_resolved(config, out)
+    write_resolved(config, out, replace=False)
     # 1. dense
     dense = cached_dense(config, splits)
     # 2. prune and 3. finetune
@@ -212,6 +217,7 @@ def run(
         "pruned_map": float(evaluation["pruned_map"]),
     }
     write_text_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2))
+    write_resolved(config, out)
     return PipelineResult(checkpoint, metrics)
 
 
@@ -221,10 +227,12 @@ def prune_and_finetune(
     """`prune.iterations` rounds of prune + finetune; the last finetune is the one reported.
 
     The evaluation returned holds `pruned_map`, the map after the last pruning and before its
-    finetune. With `prune.method: none` the dense model is measured as it is: the baseline of a
+    finetune. Each finetune carries on the count of images the weights it starts from have seen
+    (darknet's `seen`), so it does not restart the loss's prior warm-up (unless `finetune.seen`
+    is set). With `prune.method: none` the dense model is measured as it is: the baseline of a
     search.
     """
-    model = dense.model
+    model, seen = dense.model, dense.seen
     evaluation: dict[str, Any] = {"map": dense.map, "map_voc12": dense.map_voc12}
     rounds = config.prune.iterations if config.prune.method != "none" else 0
     pruned_map = dense.map
@@ -252,8 +260,9 @@ def prune_and_finetune(
             else None,
             masks=masks,
             tag=f"finetune {index}/{rounds}",
+            seen=seen,
         )
-        model, evaluation = tuned.model, tuned.final
+        model, evaluation, seen = tuned.model, tuned.final, tuned.seen
     return model, {**evaluation, "pruned_map": pruned_map}
 
 

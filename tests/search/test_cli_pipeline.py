@@ -165,6 +165,26 @@ def test_invalid_ratios_are_one_line(
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("change", ["train.lr=0.1", "train.epochs=1"])
+def test_train_again_with_other_settings_is_refused_and_leaves_the_run_alone(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str
+) -> None:
+    where = ["--set", f"data.root={trained['voc']}", "--set", f"cache_dir={trained['root']}"]
+    out = tmp_path / "dense"
+    assert _run(["train", str(SMOKE), *where, "--set", "train.epochs=2", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    argv = ["train", str(SMOKE), *where, "--set", "train.epochs=2", "--set", change]
+    assert _run([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    _assert_one_line_error(err, "train", out / "train_state.pt")
+    assert f"to start afresh remove {out} or pick another output folder" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # A run-time knob is no other setting: the run resumes (at its end: nothing to train).
+    assert _run([*argv[:-2], "--set", "data.workers=1", "--out", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["workers"] == 1
+
+
 def test_a_bad_experiment_key_is_one_line_naming_file_and_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

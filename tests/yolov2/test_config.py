@@ -531,6 +531,7 @@ SHAPING_FIELDS = {
         "amp",
         "channels_last",
         "seed",
+        "seen",
     },
     "SyntheticConfig": {
         "num_trainval",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,10 @@ import torch
 
 from yolov2.config import ExperimentConfig, TrainConfig, load_config
 from yolov2.data import sample_seed
-from yolov2.engine import MultiScaleBatchSampler, fit, load_splits, lr_factor
+from yolov2.engine import FitResult, MultiScaleBatchSampler, Splits, fit, load_splits, lr_factor
 from yolov2.errors import InputError, TrainingDivergedError
 from yolov2.pipeline import initial_model
+from yolov2.prune import WeightMasks, prune_weights
 
 SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
 
@@ -170,3 +172,83 @@ def test_training_and_evaluation_letterbox_alike(tmp_path: Path, letterbox: bool
     train = train_loader([], config.data, config.train).dataset.transform
     evaluation = eval_loader([], config.data, 2).dataset.transform
     assert train.letterbox is evaluation.letterbox is letterbox
+
+
+# --- resume only what the config now describes ---------------------------------------------------
+
+
+def _one_epoch(tmp_path: Path, *overrides: str) -> tuple[ExperimentConfig, Splits]:
+    config = smoke_config(tmp_path, "train.epochs=1", *overrides)
+    return config, load_splits(config.data)
+
+
+def _fit_into(
+    out: Path, config: ExperimentConfig, splits: Splits, masks: WeightMasks | None = None
+) -> FitResult:
+    model = initial_model(config, len(splits.classes))
+    if masks is not None:
+        masks.apply(model)
+    return fit(
+        model,
+        splits,
+        data=config.data,
+        train=config.train,
+        loss=config.loss,
+        out_dir=out,
+        masks=masks,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.lr=0.1", "train.lr 0.004 -> 0.1"),
+        ("train.epochs=2", "train.epochs 1 -> 2"),
+        ("loss.object_scale=4", "loss.object_scale 5.0 -> 4.0"),
+        ("data.augment.flip=true", "data.augment.flip False -> True"),
+        ("train.seen=20000", "start.seen 0 -> 20000"),
+        ("model.width=0.25", "start.weights"),  # another starting model
+    ],
+)
+def test_a_training_state_of_other_settings_is_refused_not_resumed(
+    tmp_path: Path, override: str, named: str
+) -> None:
+    config, splits = _one_epoch(tmp_path)
+    _fit_into(tmp_path / "run", config, splits)
+    state = (tmp_path / "run" / "train_state.pt").read_bytes()
+    other, _ = _one_epoch(tmp_path, override)
+    with pytest.raises(InputError) as error:
+        _fit_into(tmp_path / "run", other, splits)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path}/run/train_state.pt: a training state of other settings")
+    assert named in message
+    assert message.endswith(f"to start afresh remove {tmp_path}/run or pick another output folder")
+    assert "\n" not in message
+    assert (tmp_path / "run" / "train_state.pt").read_bytes() == state
+
+
+def test_a_run_time_knob_does_not_stop_a_resume(tmp_path: Path) -> None:
+    config, splits = _one_epoch(tmp_path)
+    first = _fit_into(tmp_path / "run", config, splits)
+    other, _ = _one_epoch(tmp_path, "train.eval_every=1", "data.workers=1", "train.device=cpu")
+    again = _fit_into(tmp_path / "run", other, splits)
+    assert again.history == first.history  # resumed at its end: nothing trained twice
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+
+
+def test_other_weight_masks_are_other_settings(tmp_path: Path) -> None:
+    config, splits = _one_epoch(tmp_path)
+    dense = initial_model(config, len(splits.classes))
+    _fit_into(tmp_path / "run", config, splits, prune_weights(copy.deepcopy(dense), [0.5]))
+    with pytest.raises(InputError, match=r"\(start\.masks [0-9a-f]+ -> [0-9a-f]+, start\.weights"):
+        _fit_into(tmp_path / "run", config, splits, prune_weights(copy.deepcopy(dense), [0.6]))
+
+
+def test_a_training_state_without_settings_is_refused(tmp_path: Path) -> None:
+    config, splits = _one_epoch(tmp_path)
+    (tmp_path / "run").mkdir()
+    old = {"epoch": 1, "step": 2, "seen": 16, "history": []}  # as fit saved it before digests
+    torch.save(old, tmp_path / "run" / "train_state.pt")
+    with pytest.raises(InputError, match=r"other settings \(\(no settings recorded\)\)"):
+        _fit_into(tmp_path / "run", config, splits)

@@ -173,3 +173,48 @@ def test_another_worker_count_reuses_the_cached_dense_model(
     assert (dense_dir / "model.safetensors").stat().st_mtime_ns == mtime
     run(smoke(tmp_path, *short, "train.lr=0.002"), tmp_path / "c")
     assert len(list((tmp_path / "cache" / "dense").iterdir())) == 2
+
+
+# --- finetuning carries on darknet's `seen` -------------------------------------------------------
+
+
+def _start_seen(run_dir: Path) -> int:
+    state = torch.load(run_dir / "train_state.pt", weights_only=True)
+    return int(json.loads(state["settings"])["start"]["seen"])
+
+
+def test_finetuning_carries_on_the_dense_count_so_the_prior_warm_up_does_not_restart(
+    tmp_path: Path,
+) -> None:
+    config = smoke(tmp_path, "prune.iterations=2", "finetune.epochs=1")
+    run(config, tmp_path / "carry")
+    dense_seen = config.train.epochs * 16  # 16 images, batches of 8: no image dropped
+    assert _start_seen(tmp_path / "carry" / "finetune_1") == dense_seen
+    assert _start_seen(tmp_path / "carry" / "finetune_2") == dense_seen + 16
+    restart = smoke(tmp_path, "prune.iterations=2", "finetune.epochs=1", "finetune.seen=0")
+    run(restart, tmp_path / "restart")
+    assert _start_seen(tmp_path / "restart" / "finetune_1") == 0
+    assert _start_seen(tmp_path / "restart" / "finetune_2") == 0
+
+
+def test_a_fit_past_the_warm_up_trains_as_one_without_it(tmp_path: Path) -> None:
+    from yolov2.engine import fit, load_splits
+    from yolov2.pipeline import initial_model
+
+    def weights(seen: int, *overrides: str) -> dict[str, torch.Tensor]:
+        config = smoke(tmp_path, "train.epochs=1", *overrides)
+        splits = load_splits(config.data)
+        model = initial_model(config, len(splits.classes))
+        out = tmp_path / f"fit-{seen}-{len(overrides)}"
+        train, loss = config.train, config.loss
+        result = fit(
+            model, splits, data=config.data, train=train, loss=loss, out_dir=out, seen=seen
+        )
+        assert result.seen == seen + 16
+        return result.model.state_dict()
+
+    past = weights(12800)  # the default loss.prior_warmup_images
+    without = weights(0, "loss.prior_warmup_images=0")
+    warming = weights(0)
+    assert all(torch.equal(past[k], without[k]) for k in past)
+    assert not all(torch.equal(past[k], warming[k]) for k in past)
