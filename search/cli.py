@@ -205,13 +205,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_anchors(args: argparse.Namespace) -> int:
     from yolov2.anchors import box_sizes, kmeans_anchors, mean_best_iou
     from yolov2.engine import load_splits
-    from yolov2.pipeline import architecture
+    from yolov2.pipeline import dense_architecture
 
     config = _load_config(args)
     splits = load_splits(config.data)
     size = config.data.input_size
     sizes = box_sizes(splits.train, size, letterbox=config.data.letterbox)
-    current = architecture(config.model, len(splits.classes), size).anchors
+    current = dense_architecture(config, len(splits.classes)).anchors
     anchors = kmeans_anchors(sizes, args.num or len(current), seed=args.seed)
     listed = ", ".join(f"[{w:.3f}, {h:.3f}]" for w, h in anchors)
     print(f"# k-means (1 - IoU) over {len(sizes):,} training boxes at input {size} "

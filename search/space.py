@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from yolov2.config import ExperimentConfig, Scalar, Searched
 from yolov2.errors import InputError
-from yolov2.pipeline import DENSE_SECTIONS, architecture
+from yolov2.pipeline import DENSE_SECTIONS, dense_architecture
 from yolov2.prune import expand_ratios, prunable_convs, stages
 
 if TYPE_CHECKING:
@@ -210,11 +210,7 @@ def _set(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _architecture(config: ExperimentConfig) -> Any:
-    if config.model.darknet is not None and config.model.darknet.cfg is not None:
-        from yolov2.darknet import parse_cfg
-
-        return parse_cfg(config.model.darknet.cfg)[0]
-    return architecture(config.model, len(config.data.class_names()), config.data.input_size)
+    return dense_architecture(config, len(config.data.class_names()))
 
 
 def is_finite(value: Any) -> bool:

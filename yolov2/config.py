@@ -127,7 +127,9 @@ class DataConfig(Section):
 class DarknetInit(Section):
     """Start from darknet files: full weights, or a partial backbone such as darknet19_448.conv.23."""
 
-    cfg: Path | None = None  # None: the model section's architecture
+    # None: the model section's architecture. Set: the cfg's network, trained at data.input_size;
+    # model.family, model.width or model.anchors given beside it must describe that same network.
+    cfg: Path | None = None
     weights: Path
 
 

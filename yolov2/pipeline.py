@@ -8,6 +8,7 @@ so reruns and the trials of a search that leave those sections alone train it on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -29,7 +30,7 @@ from yolov2.config import (
     config_from_record,
     write_resolved,
 )
-from yolov2.darknet import load_darknet
+from yolov2.darknet import load_darknet_weights, parse_cfg
 from yolov2.engine import Report, Splits, eval_loader, evaluate, fit, load_splits, resolve_device
 from yolov2.errors import InputError
 from yolov2.files import write_text_atomic
@@ -72,24 +73,49 @@ def architecture(model: ModelConfig, num_classes: int, input_size: int) -> Archi
     return build(**kwargs)
 
 
+def dense_architecture(config: ExperimentConfig, num_classes: int) -> Architecture:
+    """The architecture the dense stage trains: the model section's, or the one `model.darknet.cfg`
+    describes, at the input size it is trained at (`data.input_size`) either way, so predict and
+    profile default to that size. Model keys the cfg contradicts are refused, never ignored."""
+    size = config.data.input_size
+    darknet = config.model.darknet
+    if darknet is None or darknet.cfg is None:
+        return architecture(config.model, num_classes, size)
+    arch, _ = parse_cfg(darknet.cfg)
+    _refuse_conflicts(config.model, arch, darknet.cfg)
+    if arch.num_classes != num_classes:
+        raise InputError(f"{darknet.cfg}: {arch.num_classes} classes, the data has {num_classes}")
+    return dataclasses.replace(arch, input_size=(size, size))
+
+
+def _refuse_conflicts(model: ModelConfig, arch: Architecture, cfg: Path) -> None:
+    given = model.model_fields_set
+    anchors = model.anchors if "anchors" in given else None
+    if anchors is not None and tuple((float(w), float(h)) for w, h in anchors) != arch.anchors:
+        raise InputError(
+            f"model.anchors {anchors} conflict with the anchors of {cfg}; leave "
+            "model.anchors out (model.darknet.cfg decides the architecture) or edit the cfg"
+        )
+    if given & {"family", "width"}:
+        described = architecture(
+            model.model_copy(update={"anchors": list(arch.anchors)}),
+            arch.num_classes,
+            arch.input_size[0],
+        )
+        if described.layers != arch.layers:
+            raise InputError(
+                f"model.family {model.family!r} at model.width {model.width} is not the network "
+                f"{cfg} describes; leave them out (model.darknet.cfg decides the architecture)"
+            )
+
+
 def initial_model(config: ExperimentConfig, num_classes: int) -> YOLOv2:
     """A fresh model, or darknet's weights (full, or a partial backbone) when the config names them."""
-    arch = architecture(config.model, num_classes, config.data.input_size)
+    arch = dense_architecture(config, num_classes)
     torch.manual_seed(config.train.seed)  # the same experiment starts from the same weights
-    darknet = config.model.darknet
-    if darknet is None:
-        return build_model(arch)
-    if darknet.cfg is not None:
-        model = load_darknet(darknet.cfg, darknet.weights)
-        if model.arch.num_classes != num_classes:
-            raise InputError(
-                f"{darknet.cfg}: {model.arch.num_classes} classes, the data has {num_classes}"
-            )
-        return model
-    from yolov2.darknet import load_darknet_weights
-
     model = build_model(arch)
-    load_darknet_weights(model, darknet.weights)
+    if config.model.darknet is not None:
+        load_darknet_weights(model, config.model.darknet.weights)
     return model
 
 
@@ -200,8 +226,9 @@ def run(
     """
     out = Path(out_dir)
     splits = load_splits(config.data)
-    if config.prune.method != "none":  # a wrong ratio count fails before the dense model trains
-        arch = architecture(config.model, len(splits.classes), config.data.input_size)
+    # A conflicting darknet cfg or a wrong ratio count fails before the dense model trains.
+    arch = dense_architecture(config, len(splits.classes))
+    if config.prune.method != "none":
         expand_ratios(arch, config.prune.ratio, config.prune.ratios)
     write_resolved(config, out, replace=False)
     # 1. dense

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint
 from yolov2.config import ExperimentConfig, load_config
@@ -218,3 +220,70 @@ def test_a_fit_past_the_warm_up_trains_as_one_without_it(tmp_path: Path) -> None
     warming = weights(0)
     assert all(torch.equal(past[k], without[k]) for k in past)
     assert not all(torch.equal(past[k], warming[k]) for k in past)
+
+
+# --- a darknet cfg decides the architecture; keys it contradicts are refused ---------------------
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> tuple[Path, Path]:
+    """yolov2-tiny at width 0.125 for the 8 synthetic classes, written as darknet files at 416."""
+    from yolov2.darknet import save_darknet
+    from yolov2.model import build_model, yolov2_tiny_voc
+
+    torch.manual_seed(0)
+    model = build_model(yolov2_tiny_voc(num_classes=8, width=0.125, input_size=(416, 416)))
+    cfg, weights = tmp_path / "dn" / "tiny.cfg", tmp_path / "dn" / "tiny.weights"
+    save_darknet(model, cfg, weights)
+    return cfg, weights
+
+
+def _with_cfg(tmp_path: Path, files: tuple[Path, Path], *overrides: str) -> ExperimentConfig:
+    # smoke.yaml sets model.family and model.width: a cfg experiment leaves them out.
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["model"] = {"darknet": {"cfg": str(files[0]), "weights": str(files[1])}}
+    path = tmp_path / "dn.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    where = [f"cache_dir={tmp_path}/cache", f"data.root={tmp_path}/data/VOCdevkit"]
+    return load_config(path, [*where, *overrides])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.width=2.0", "model.family 'yolov2' at model.width 2.0 is not the network"),
+        ("model.family=yolov2", "model.family 'yolov2' at model.width 1.0 is not the network"),
+        ("model.anchors=[[1,1]]", "model.anchors [(1.0, 1.0)] conflict with the anchors of"),
+    ],
+)
+def test_model_keys_that_contradict_the_darknet_cfg_are_refused(
+    tmp_path: Path, tiny_cfg: tuple[Path, Path], override: str, message: str
+) -> None:
+    from yolov2.errors import InputError
+    from yolov2.pipeline import initial_model
+
+    config = _with_cfg(tmp_path, tiny_cfg, override)
+    with pytest.raises(InputError, match=re.escape(message)) as error:
+        initial_model(config, 8)
+    assert str(tiny_cfg[0]) in str(error.value)
+    with pytest.raises(InputError, match=re.escape(message)):
+        run(config, tmp_path / "p")  # before any training
+    assert not (tmp_path / "cache" / "dense").exists()
+
+
+def test_the_darknet_cfg_s_network_trains_and_records_the_input_size_it_trained_at(
+    tmp_path: Path, tiny_cfg: tuple[Path, Path]
+) -> None:
+    from yolov2.darknet import load_darknet
+    from yolov2.engine import load_splits
+    from yolov2.pipeline import initial_model, train_dense
+
+    agreeing = ["model.family=yolov2-tiny", "model.width=0.125", "train.epochs=1"]
+    config = _with_cfg(tmp_path, tiny_cfg, *agreeing)
+    model = initial_model(config, 8)
+    darknet = load_darknet(*tiny_cfg)
+    assert model.arch.layers == darknet.arch.layers
+    assert model.arch.input_size == (96, 96)  # data.input_size, not the cfg's 416
+    assert all(torch.equal(t, darknet.state_dict()[k]) for k, t in model.state_dict().items())
+    stage = train_dense(config, load_splits(config.data), tmp_path / "dense")
+    assert load_checkpoint(stage.checkpoint).arch.input_size == (96, 96)
