@@ -236,26 +236,32 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from yolov2.config import PruneConfig
     from yolov2.pipeline import prune
 
-    if args.method == "weight" and args.criterion is not None:
-        raise InputError("--criterion ranks filters: it does nothing with --method weight")
-    if args.method == "filter" and args.scope is not None:
-        raise InputError(
-            "--scope is weight pruning's threshold: it does nothing with --method filter"
-        )
-    ratios = _ratios(args.ratios) if args.ratios else None
-    chosen = {"criterion": args.criterion, "scope": args.scope}
+    given = {
+        name: getattr(args, name)
+        for name in PruneConfig.METHOD_OF
+        if getattr(args, name) is not None
+    }
+    for name in given:
+        if PruneConfig.METHOD_OF[name] != args.method:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(
+                f"{flag} applies to --method {PruneConfig.METHOD_OF[name]} only, "
+                f"not to --method {args.method}"
+            )
+    meta = checkpoint_metadata(args.checkpoint)["meta"]
+    # Options not given come from the experiment that made the checkpoint, as it would prune.
+    recorded = meta.get("config", {}).get("prune", {})
+    options = {name: recorded[name] for name in PruneConfig.METHOD_OF if name in recorded}
     config = _validated_prune(
         PruneConfig,
         method=args.method,
         ratio=args.ratio,
-        ratios=ratios,
-        **{key: value for key, value in chosen.items() if value is not None},
+        ratios=_ratios(args.ratios) if args.ratios else None,
+        **{**options, **given},
     )
     model, _ = prune(load_checkpoint(args.checkpoint), config)
-    meta = checkpoint_metadata(args.checkpoint)["meta"]
-    meta.update(
-        stage="prune", pruned_from=str(args.checkpoint), prune=config.model_dump(mode="json")
-    )
+    meta.pop("metrics", None)  # measured on the source checkpoint, not on this one
+    meta.update(stage="prune", pruned_from=str(args.checkpoint), prune=config.applied())
     save_checkpoint(model, args.out, **meta)
     log.info("wrote %s (widths %s)", args.out, model.arch.widths)
     return 0
@@ -478,10 +484,16 @@ def build_parser() -> argparse.ArgumentParser:
     ratio = p.add_mutually_exclusive_group(required=True)
     ratio.add_argument("--ratio", type=float, help="one ratio for every prunable convolution")
     ratio.add_argument("--ratios", help="r1,r2,...: one per prunable convolution or one per stage")
+    # Each option defaults to the prune section of the experiment recorded in the checkpoint,
+    # else to the config's default; one the method does not use is refused.
     p.add_argument("--criterion", choices=["l1", "l2", "bn"],
-                   help="filter pruning: what ranks a filter (default l1)")  # fmt: skip
+                   help="filter pruning: what ranks a filter (default: the recorded experiment's, else l1)")  # fmt: skip
+    p.add_argument("--min-channels", type=_positive_int,
+                   help="filter pruning: the fewest filters a conv keeps (default: recorded, else 8)")  # fmt: skip
+    p.add_argument("--round-to", type=_positive_int,
+                   help="filter pruning: kept filters are a multiple of this (default: recorded, else 8)")  # fmt: skip
     p.add_argument("--scope", choices=["layer", "global"],
-                   help="weight pruning: a threshold per layer (default) or one global")  # fmt: skip
+                   help="weight pruning: per-layer or one global threshold (default: recorded, else layer)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     p.set_defaults(run=cmd_prune)
 

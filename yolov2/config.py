@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -192,9 +192,27 @@ class PruneConfig(Section):
     ratios: list[float] | None = None  # one per prunable convolution, or one per stage
     scope: Literal["layer", "global"] = "layer"  # weight pruning: per-layer or one global threshold
     criterion: Literal["l1", "l2", "bn"] = "l1"  # filter pruning: what ranks a filter
-    min_channels: int = Field(8, ge=1)
-    round_to: int = Field(8, ge=1)
+    min_channels: int = Field(8, ge=1)  # filter pruning: the fewest filters a conv keeps
+    round_to: int = Field(8, ge=1)  # filter pruning: kept filters are a multiple of this
     iterations: int = Field(1, ge=1)  # rounds of prune + finetune; the last finetune is `finetune`
+
+    # The options one method reads and the other ignores. A search samples the method, so the
+    # config keeps both methods' options; what a pruned checkpoint records is `applied()`.
+    METHOD_OF: ClassVar[dict[str, str]] = {
+        "scope": "weight",
+        "criterion": "filter",
+        "min_channels": "filter",
+        "round_to": "filter",
+    }
+
+    def applied(self) -> dict[str, Any]:
+        """The options this method really uses, as JSON (one-shot: `iterations` left out)."""
+        used = {
+            name
+            for name in type(self).model_fields
+            if self.METHOD_OF.get(name, self.method) == self.method and name != "iterations"
+        }
+        return self.model_dump(mode="json", include=used)
 
     @field_validator("ratios")
     @classmethod

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.search.test_cli import _assert_one_line_error, _run
-from yolov2.checkpoint import checkpoint_metadata, load_checkpoint
+from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
 from yolov2.config import load_config
 from yolov2.data import read_voc
 
@@ -127,9 +127,104 @@ def test_prune_then_export_to_onnx(trained: dict[str, Path], tmp_path: Path) -> 
     out = tmp_path / "pruned.safetensors"
     argv = ["prune", str(trained["dense"]), "--method", "weight", "--ratio", "0.7"]
     assert _run([*argv, "--out", str(out)]) == 0
-    assert checkpoint_metadata(out)["meta"]["prune"]["ratio"] == 0.7
+    meta = checkpoint_metadata(out)["meta"]
+    assert meta["prune"] == {"method": "weight", "ratio": 0.7, "ratios": None, "scope": "layer"}
+    assert "metrics" not in meta  # the dense model's map is not this model's
+    assert meta["pruned_from"] == str(trained["dense"])
     assert _run(["export", str(out), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
     onnx.checker.check_model(str(tmp_path / "onnx" / "model.onnx"))
+
+
+# The smoke dense model's widths (width 0.125) and what ratio 0.5 keeps of them.
+DENSE_WIDTHS = [8, 8, 16, 8, 16, 32, 16, 32, 64, 32, 64, 32, 64, 128, 64, 128, 64, 128, 128, 128, 8, 128, 65]  # fmt: skip
+HALF_BY_8 = [8, 8, 8, 8, 8, 16, 8, 16, 32, 16, 32, 16, 32, 64, 32, 64, 32, 64, 64, 64, 8, 64, 65]
+HALF_BY_4 = [4, 4, 8, 4, 8, 16, 8, 16, 32, 16, 32, 16, 32, 64, 32, 64, 32, 64, 64, 64, 4, 64, 65]
+
+
+def _recording_prune(trained: dict[str, Path], tmp_path: Path, **prune: object) -> Path:
+    """The dense checkpoint, as if its experiment's prune section had held `prune`."""
+    meta = checkpoint_metadata(trained["dense"])["meta"]
+    meta["config"]["prune"].update(prune)
+    return save_checkpoint(load_checkpoint(trained["dense"]), tmp_path / "src.safetensors", **meta)
+
+
+HALF = {8: HALF_BY_8, 4: HALF_BY_4}  # by the rounding (min_channels = round_to) that made them
+
+
+@pytest.mark.parametrize(
+    ("recorded", "flags", "rounding"),
+    [
+        ({}, [], 8),  # PruneConfig's defaults
+        ({"min_channels": 4, "round_to": 4}, [], 4),  # the recorded experiment's
+        ({"min_channels": 4, "round_to": 4}, ["--min-channels", "8", "--round-to", "8"], 8),
+        ({}, ["--min-channels", "4", "--round-to", "4"], 4),
+    ],
+)
+def test_prune_takes_rounding_from_flags_else_the_recorded_experiment(
+    trained: dict[str, Path],
+    tmp_path: Path,
+    recorded: dict[str, int],
+    flags: list[str],
+    rounding: int,
+) -> None:
+    assert load_checkpoint(trained["dense"]).arch.widths == DENSE_WIDTHS
+    source = _recording_prune(trained, tmp_path, **recorded)
+    out = tmp_path / "pruned.safetensors"
+    argv = ["prune", str(source), "--method", "filter", "--ratio", "0.5", *flags]
+    assert _run([*argv, "--out", str(out)]) == 0
+    assert load_checkpoint(out).arch.widths == HALF[rounding]
+    assert checkpoint_metadata(out)["meta"]["prune"] == {
+        "method": "filter",
+        "ratio": 0.5,
+        "ratios": None,
+        "criterion": "l1",
+        "min_channels": rounding,
+        "round_to": rounding,
+    }
+
+
+def test_prune_takes_the_criterion_from_the_recorded_experiment(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    source = _recording_prune(trained, tmp_path, criterion="bn", scope="global")
+    for flags, criterion in (([], "bn"), (["--criterion", "l2"], "l2")):
+        out = tmp_path / f"{criterion}.safetensors"
+        argv = ["prune", str(source), "--method", "filter", "--ratio", "0.5", *flags]
+        assert _run([*argv, "--out", str(out)]) == 0
+        assert checkpoint_metadata(out)["meta"]["prune"]["criterion"] == criterion
+    out = tmp_path / "weight.safetensors"
+    assert (
+        _run(["prune", str(source), "--method", "weight", "--ratio", "0.5", "--out", str(out)]) == 0
+    )
+    assert checkpoint_metadata(out)["meta"]["prune"]["scope"] == "global"
+
+
+@pytest.mark.parametrize(
+    ("method", "flag"),
+    [
+        ("filter", ["--scope", "global"]),
+        ("weight", ["--criterion", "bn"]),
+        ("weight", ["--min-channels", "4"]),
+        ("weight", ["--round-to", "4"]),
+    ],
+)
+def test_a_prune_option_the_method_does_not_use_is_refused(
+    trained: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    method: str,
+    flag: list[str],
+) -> None:
+    capsys.readouterr()
+    out = tmp_path / "x.safetensors"
+    argv = ["prune", str(trained["dense"]), "--method", method, "--ratio", "0.5", *flag]
+    assert _run([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"prune-search prune: error: {flag[0]} applies to --method "
+        f"{'weight' if method == 'filter' else 'filter'} only, not to --method {method}"
+    ]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
