@@ -41,11 +41,29 @@ def cmd_import_darknet(args: argparse.Namespace) -> int:
     from yolov2.darknet import load_darknet
 
     model = load_darknet(args.cfg, args.weights)
+    classes = _darknet_classes(args.cfg, args.classes, model.arch.num_classes)
     save_checkpoint(
-        model, args.out, source={"darknet_cfg": str(args.cfg), "darknet_weights": str(args.weights)}
+        model,
+        args.out,
+        source={"darknet_cfg": str(args.cfg), "darknet_weights": str(args.weights)},
+        classes=classes,
+        seen=int(getattr(model, "darknet_seen", 0)),
     )
     log.info("wrote %s (%d convolutions)", args.out, len(model.conv_blocks()))
     return 0
+
+
+def _darknet_classes(cfg: Path, spec: str | None, num_classes: int) -> list[str]:
+    """The class names of an imported cfg: --classes, else VOC's for a 20-class cfg."""
+    if spec is None and num_classes != 20:
+        raise InputError(
+            f"{cfg}: {num_classes} classes; name them with --classes (a file with one name a "
+            "line, or a,b,c): results files and eval-dets need the names"
+        )
+    classes = _classes(spec)
+    if len(classes) != num_classes:
+        raise InputError(f"--classes: {len(classes)} names for the {num_classes} classes of {cfg}")
+    return classes
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -87,20 +105,32 @@ def cmd_eval_dets(args: argparse.Namespace) -> int:
 
 
 def _classes(spec: str | None) -> list[str]:
+    """'voc' (also the default), 'synthetic', a file with one name a line, or names a,b,c."""
     from yolov2.data import SYNTHETIC_CLASSES, VOC_CLASSES
 
     if spec is None or spec == "voc":
         return list(VOC_CLASSES)
     if spec == "synthetic":
         return list(SYNTHETIC_CLASSES)
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if path.is_file():
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    elif _looks_like_a_path(spec):
+        raise InputError(f"--classes {spec}: no such file")
     else:
         names = [name.strip() for name in spec.split(",") if name.strip()]
     if not names:
         raise InputError(f"--classes {spec!r}: no class names")
+    if len(set(names)) != len(names):
+        raise InputError(f"--classes {spec!r}: a class name is repeated")
     return names
+
+
+def _looks_like_a_path(spec: str) -> bool:
+    # Class names have no folders nor file suffixes; 'classes.txt' or 'data/voc.names' is a file.
+    return "," not in spec and (
+        "/" in spec or spec.startswith(("~", ".")) or bool(Path(spec).suffix)
+    )
 
 
 def cmd_make_data(args: argparse.Namespace) -> int:
@@ -345,7 +375,7 @@ def _test_images(checkpoint: Path, count: int = 5) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from yolov2.boxes import ImageDetections
-    from yolov2.checkpoint import checkpoint_letterbox, load_checkpoint
+    from yolov2.checkpoint import checkpoint_letterbox, checkpoint_metadata, load_checkpoint
     from yolov2.data import load_image
     from yolov2.engine import detect
     from yolov2.viz import draw_detections, save_png
@@ -354,6 +384,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("--image-set names the results files: give --results-dir too")
     model = load_checkpoint(args.checkpoint, args.device)
     classes = _checkpoint_classes(args.checkpoint, model.arch.num_classes)
+    if args.results_dir and not checkpoint_metadata(args.checkpoint)["meta"].get("classes"):
+        raise InputError(
+            f"{args.checkpoint}: records no class names, which VOC results files are named by; "
+            "import it again with import-darknet --classes"
+        )
     threshold = 0.005 if args.results_dir else args.conf
     letterbox = checkpoint_letterbox(args.checkpoint)  # as eval and training fed it
     found = detect(
@@ -406,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "weights", type=Path, help="darknet .weights (a partial backbone file loads too)"
     )
+    p.add_argument("--classes", default=None,
+                   help="class names: 'voc' (the default for a 20-class cfg), 'synthetic', a file "
+                        "with one name a line, or a,b,c")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
     p.set_defaults(run=cmd_import_darknet)
 

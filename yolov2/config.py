@@ -407,8 +407,12 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         raise InputError(f"--set {override!r}: expected key.sub=value")
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
+    except yaml.YAMLError as error:
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
+        raise InputError(
+            f"--set {override!r}: the value is not valid YAML ({problem}); quote a string, "
+            "e.g. key='\"text\"'"
+        ) from None
     node = raw
     *parents, leaf = key.split(".")
     for part in parents:

@@ -104,12 +104,14 @@ def export_onnx(
 def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata export_onnx stored, JSON values decoded (architecture, anchors, classes, ...)."""
     onnx = _require("onnx")
+    from google.protobuf.message import DecodeError  # onnx's own dependency
+
     file = Path(path)
     if not file.is_file():
         raise InputError(f"{file}: no such ONNX file")
     try:
         proto = onnx.load_model(str(file), load_external_data=False)
-    except Exception as error:  # onnx raises DecodeError, ValueError, ... on a file not its own
+    except (DecodeError, OSError) as error:  # what a file that is not a model gives; else a bug
         raise InputError(f"{file}: not a readable ONNX model ({error})") from None
     props = {prop.key: prop.value for prop in proto.metadata_props}
     if props.get("format") != FORMAT:

@@ -114,7 +114,7 @@ def compare(
 ) -> list[Path]:
     """Write boxes.png, weights_<layer>.png and layers.png into `out_dir`; return their paths.
 
-    boxes.png: detections of the first 5 images, dense vs pruned side by side, each model's input
+    boxes.png: detections of the images (1 to 5), dense vs pruned side by side, each model's input
     letterboxed or not as `letterbox` (dense, pruned) says, as it was trained. weights_<layer>.png:
     3D surfaces of one prunable conv's |weights| before and after (default: the conv that lost the
     largest fraction of its weights). layers.png: kept filters and/or sparsity of every prunable conv.
@@ -124,8 +124,8 @@ def compare(
             f"the pruned model has {len(pruned.conv_blocks())} convolutions, the dense one "
             f"{len(dense.conv_blocks())}: it is not a pruned copy of it"
         )
-    if not images:
-        raise InputError("compare needs at least one image")
+    if not 1 <= len(images) <= MAX_IMAGES:
+        raise InputError(f"compare draws 1 to {MAX_IMAGES} images, got {len(images)}")
     convs = prunable_convs(dense.arch)
     if layer is None:
         layer = max(convs, key=lambda number: _change(dense, pruned, number))
@@ -137,7 +137,7 @@ def compare(
             boxes_figure(
                 dense,
                 pruned,
-                images[:MAX_IMAGES],
+                images,
                 classes,
                 input_size=input_size,
                 conf_thresh=conf_thresh,

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from search.cli import build_parser, main
-from tests.yolov2.conftest import WriteVocTree
+from tests.yolov2.conftest import WriteVocTree, jpeg_bytes
 from yolov2.boxes import to_voc_pixels
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
 from yolov2.config import load_config
@@ -554,3 +554,104 @@ def test_compare_letterboxes_each_model_as_it_was_trained(
     argv = ["compare", str(dense), str(pruned), "--images", *map(str, images)]
     assert _run([*argv, "--out", str(tmp_path / "figures")]) == 0
     assert (tmp_path / "figures" / "boxes.png").is_file()
+
+
+# --- class names: a mistyped file, checkpoints that must record them ----------------------------
+
+
+@pytest.mark.parametrize("spec", ["clases.txt", "lists/voc.names", "./names", "~/voc.names"])
+def test_eval_dets_classes_that_look_like_a_missing_file_are_one_line(
+    voc: Path, capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    results = _results(voc, PERFECT)
+    argv = _eval_dets(voc, results)
+    argv[argv.index("cat,dog")] = spec  # was: one class named after the path
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"prune-search eval-dets: error: --classes {spec}: no such file"
+    ]
+
+
+@pytest.mark.parametrize("spec", ["cat,dog", "names.txt"])
+def test_eval_dets_classes_from_names_or_a_file(
+    voc: Path, capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    (voc.parent / "names.txt").write_text("cat\ndog\n")
+    results = _results(voc, PERFECT)
+    argv = _eval_dets(voc, results, "--json")
+    argv[argv.index("cat,dog")] = str(voc.parent / spec) if spec.endswith(".txt") else spec
+    assert _run(argv) == 0
+    assert json.loads(capsys.readouterr().out)["ap"] == {"cat": 1.0, "dog": 1.0}
+
+
+def test_import_darknet_records_voc_s_class_names_for_a_20_class_cfg(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from yolov2.data import VOC_CLASSES
+
+    cfg, weights, _ = _darknet_pair(tmp_path)
+    checkpoint = tmp_path / "model.safetensors"
+    assert _run(["import-darknet", str(cfg), str(weights), "--out", str(checkpoint)]) == 0
+    assert checkpoint_metadata(checkpoint)["meta"]["classes"] == list(VOC_CLASSES)
+    # predict's results files are then named by class, as eval-dets reads them
+    image = tmp_path / "000001.jpg"
+    image.write_bytes(jpeg_bytes(96, 64))
+    results = tmp_path / "results"
+    argv = ["predict", str(checkpoint), str(image), "--out", str(tmp_path / "png")]
+    assert _run([*argv, "--results-dir", str(results)]) == 0
+    assert sorted(p.name for p in results.iterdir()) == sorted(
+        f"comp4_det_test_{name}.txt" for name in VOC_CLASSES
+    )
+
+
+def _eight_class_pair(tmp_path: Path) -> tuple[Path, Path]:
+    model = build_model(yolov2_voc(num_classes=8, width=0.125, input_size=(64, 64)))
+    cfg, weights = tmp_path / "in" / "eight.cfg", tmp_path / "in" / "eight.weights"
+    save_darknet(model, cfg, weights)
+    return cfg, weights
+
+
+def test_import_darknet_names_other_classes_with_classes(tmp_path: Path) -> None:
+    cfg, weights = _eight_class_pair(tmp_path)
+    out = tmp_path / "model.safetensors"
+    argv = ["import-darknet", str(cfg), str(weights), "--classes", "synthetic", "--out", str(out)]
+    assert _run(argv) == 0
+    assert checkpoint_metadata(out)["meta"]["classes"] == list(SYNTHETIC_CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [
+        (None, "eight.cfg: 8 classes; name them with --classes"),
+        ("voc", "--classes: 20 names for the 8 classes of"),
+        ("a,b,c", "--classes: 3 names for the 8 classes of"),
+    ],
+)
+def test_import_darknet_without_the_names_of_its_classes_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], classes: str | None, message: str
+) -> None:
+    cfg, weights = _eight_class_pair(tmp_path)
+    out = tmp_path / "model.safetensors"
+    extra = ["--classes", classes] if classes else []
+    assert _run(["import-darknet", str(cfg), str(weights), *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    _assert_one_line_error(err, "import-darknet", cfg)
+    assert message in err
+    assert not out.exists()
+
+
+def test_predict_results_of_a_checkpoint_without_class_names_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = save_checkpoint(_model(), tmp_path / "m.safetensors")  # no classes recorded
+    image = tmp_path / "000001.jpg"
+    image.write_bytes(jpeg_bytes(96, 64))
+    results = tmp_path / "results"
+    argv = ["predict", str(checkpoint), str(image), "--out", str(tmp_path / "png")]
+    assert _run([*argv, "--results-dir", str(results)]) == 2
+    err = capsys.readouterr().err
+    _assert_one_line_error(err, "predict", checkpoint)
+    assert "records no class names" in err
+    assert not results.exists()
+    assert _run(argv) == 0  # drawing needs no names: classes are numbered

@@ -278,6 +278,16 @@ def test_missing_file(tmp_path: Path) -> None:
         ("train.lr", "--set 'train.lr': expected key.sub=value"),
         ("=3", "--set '=3': expected key.sub=value"),
         ("train.lr.x=1", "--set 'train.lr.x=1': lr is not a section"),
+        (
+            "prune.ratios=[0.1,0.2",  # was the string '[0.1,0.2', then a type error or worse
+            "--set 'prune.ratios=[0.1,0.2': the value is not valid YAML (expected ',' or ']', "
+            "but got '<stream end>'); quote a string, e.g. key='\"text\"'",
+        ),
+        (
+            "data.root=@home",
+            "--set 'data.root=@home': the value is not valid YAML (found character '@' that "
+            "cannot start any token); quote a string, e.g. key='\"text\"'",
+        ),
     ],
 )
 def test_malformed_overrides(tmp_path: Path, override: str, problem: str) -> None:

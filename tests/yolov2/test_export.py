@@ -142,10 +142,29 @@ def test_bad_requests_are_input_errors(
     assert not (tmp_path / "model.onnx").exists()
 
 
-def test_metadata_of_a_foreign_file_is_refused(tmp_path: Path) -> None:
-    junk = tmp_path / "junk.onnx"
-    junk.write_bytes(b"not an onnx model at all")
-    with pytest.raises(InputError, match=r"junk\.onnx"):
-        onnx_metadata(junk)
+@pytest.mark.parametrize("junk", [b"not an onnx model at all", bytes(100), b"\xff" * 50])
+def test_metadata_of_a_foreign_file_is_refused(tmp_path: Path, junk: bytes) -> None:
+    path = tmp_path / "junk.onnx"
+    path.write_bytes(junk)
+    with pytest.raises(InputError, match=r"junk\.onnx: not a readable ONNX model"):
+        onnx_metadata(path)
     with pytest.raises(InputError, match="no such ONNX file"):
         onnx_metadata(tmp_path / "missing.onnx")
+    with pytest.raises(InputError, match="no such ONNX file"):
+        onnx_metadata(tmp_path)
+
+
+def test_a_bug_while_reading_onnx_is_not_passed_off_as_a_bad_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(onnx, "load_model", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        onnx_metadata(path)

@@ -153,11 +153,14 @@ def test_compare_refuses_a_layer_that_is_not_prunable(
     assert not any(tmp_path.glob("*.png"))
 
 
-def test_compare_refuses_no_images_and_unrelated_models(
+def test_compare_refuses_no_images_too_many_images_and_unrelated_models(
     dense: YOLOv2, images: list[Path], tmp_path: Path
 ) -> None:
-    with pytest.raises(InputError, match="at least one image"):
+    with pytest.raises(InputError, match="compare draws 1 to 5 images, got 0"):
         compare(dense, dense, [], tmp_path, CLASSES)
+    with pytest.raises(InputError, match="compare draws 1 to 5 images, got 6"):
+        compare(dense, dense, images * 2, tmp_path, CLASSES)  # not the first 5 of them, silently
+    assert not any(tmp_path.glob("*.png"))
     tiny = build_model(yolov2_tiny_voc(num_classes=3, width=0.125, input_size=(64, 64)))
     with pytest.raises(InputError, match="not a pruned copy"):
         compare(dense, tiny, images, tmp_path, CLASSES)
