@@ -479,7 +479,8 @@ def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def opencv_head(cfg: Path, weights: Path, x: torch.Tensor, head_layer: int) -> np.ndarray:
-    cv2 = pytest.importorskip("cv2")
+    import cv2  # a test dependency: missing, the darknet checks fail rather than skip
+
     if not hasattr(cv2.dnn, "readNetFromDarknet"):
         pytest.fail(
             f"OpenCV {cv2.__version__} has no darknet importer (removed in 5.0): the darknet "
@@ -491,21 +492,40 @@ def opencv_head(cfg: Path, weights: Path, x: torch.Tensor, head_layer: int) -> n
     return np.asarray(net.forward(f"conv_{head_layer}"))
 
 
-@pytest.mark.parametrize("name", ["yolov2-voc", "yolov2-tiny-voc", "pruned"])
-def test_raw_head_matches_opencv(name: str, tmp_path: Path) -> None:
-    arch = ARCHS[name]()
-    model = randomized(arch)
+# What the README claims. Measured with these random models (outputs up to 2.5 in magnitude):
+# yolov2-voc 1e-5 at most, tiny 3e-6, pruned 4e-7: float32 sums in another order. A batch-norm
+# eps of 1e-5 instead of darknet's 1e-6 differs by 1.4e-4 to 1.8e-4 on yolov2-voc, 4e-5 on tiny.
+OPENCV_MAX_ABS_DIFF = 2e-5
+
+
+def opencv_difference(model: YOLOv2, tmp_path: Path) -> float:
+    """Max |ours - OpenCV's| of the raw head at both input sizes, for `model` written to darknet."""
+    arch = model.arch
     cfg, weights = tmp_path / "model.cfg", tmp_path / "model.weights"
     save_darknet(model, cfg, weights)
+    worst = 0.0
     for height, width in INPUT_SIZES:
         x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(height))
         with torch.no_grad():
             ours = model(x).numpy()
         theirs = opencv_head(cfg, weights, x, len(arch.layers) - 1)
         assert theirs.shape == ours.shape == (1, arch.head_filters, height // 32, width // 32)
-        scale = np.abs(ours).max()
-        assert scale > 0.1  # not a vanished signal, which would compare equal trivially
-        np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4 * scale)
+        assert np.abs(ours).max() > 1  # not a vanished signal, which would compare equal trivially
+        worst = max(worst, float(np.abs(theirs - ours).max()))
+    return worst
+
+
+@pytest.mark.parametrize("name", ["yolov2-voc", "yolov2-tiny-voc", "pruned"])
+def test_raw_head_matches_opencv(name: str, tmp_path: Path) -> None:
+    assert opencv_difference(randomized(ARCHS[name]()), tmp_path) <= OPENCV_MAX_ABS_DIFF
+
+
+def test_the_opencv_comparison_catches_a_wrong_batch_norm_eps(tmp_path: Path) -> None:
+    model = randomized(ARCHS["yolov2-tiny-voc"]())
+    for block in model.conv_blocks():
+        if block.bn is not None:
+            block.bn.eps = 1e-5  # PyTorch's default; darknet normalises with 1e-6
+    assert opencv_difference(model, tmp_path) > 1.5 * OPENCV_MAX_ABS_DIFF
 
 
 @pytest.mark.parametrize("name", ["yolov2-voc-x0.25", "yolov2-tiny-voc-x0.25", "pruned"])

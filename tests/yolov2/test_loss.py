@@ -319,3 +319,149 @@ def test_contract_violations_are_clear_errors(
     out = torch.zeros(1, a_channels, GRID, GRID)
     with pytest.raises(ValueError, match=message):
         region_loss(out, targets, anchors, LossConfig())
+
+
+# ------------------------------------------------------------------------------------------------
+# Against darknet's deltas
+#
+# darknet's src/region_layer.c (pjreddie, the version with coord_scale * (2 - w*h)) does not
+# differentiate a loss: forward_region_layer writes each raw output's delta, the negative gradient,
+# by hand, and backward_region_layer passes it on (the logistic's gradient applied to x, y and
+# objectness, the softmax's taken as the identity, as darknet does). Transcribed below loop for loop
+# on float64 numbers, in this project's layout: output[b, n*(5+C) + k, j, i].
+
+BoxXYWH = tuple[float, float, float, float]  # centre and size, as fractions of the image
+
+
+def _logistic(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _box_iou(a: BoxXYWH, b: BoxXYWH) -> float:
+    def overlap(x1: float, w1: float, x2: float, w2: float) -> float:
+        return min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2)
+
+    w, h = overlap(a[0], a[2], b[0], b[2]), overlap(a[1], a[3], b[1], b[3])
+    inter = 0.0 if w < 0 or h < 0 else w * h
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def darknet_deltas(
+    out: Tensor,
+    truths: list[list[tuple[BoxXYWH, int]]],
+    anchors: list[tuple[float, float]],
+    config: LossConfig,
+    seen: int,
+) -> tuple[Tensor, dict[str, list[int]]]:
+    """forward_region_layer's l.delta for a raw head, and the images where each branch was taken."""
+    x = out.detach().double()
+    batch, channels, h, w = x.shape
+    a = len(anchors)
+    size = channels // a
+    v = x.view(batch, a, size, h, w)
+    delta = torch.zeros_like(v)
+    taken: dict[str, list[int]] = {"ignored": [], "overwritten": []}
+
+    def region_box(at: tuple[int, int, int, int]) -> BoxXYWH:  # get_region_box, DOABS
+        b, n, j, i = at
+        return (
+            (i + _logistic(float(v[b, n, 0, j, i]))) / w,
+            (j + _logistic(float(v[b, n, 1, j, i]))) / h,
+            math.exp(float(v[b, n, 2, j, i])) * anchors[n][0] / w,
+            math.exp(float(v[b, n, 3, j, i])) * anchors[n][1] / h,
+        )
+
+    def delta_region_box(truth: BoxXYWH, at: tuple[int, int, int, int], scale: float) -> float:
+        b, n, j, i = at
+        iou = _box_iou(region_box(at), truth)
+        tx, ty = truth[0] * w - i, truth[1] * h - j
+        tw, th = math.log(truth[2] * w / anchors[n][0]), math.log(truth[3] * h / anchors[n][1])
+        for k, target in ((0, tx), (1, ty)):
+            s = _logistic(float(v[b, n, k, j, i]))
+            delta[b, n, k, j, i] = scale * (target - s) * s * (1 - s)
+        delta[b, n, 2, j, i] = scale * (tw - float(v[b, n, 2, j, i]))
+        delta[b, n, 3, j, i] = scale * (th - float(v[b, n, 3, j, i]))
+        return iou
+
+    for b in range(batch):
+        for j in range(h):
+            for i in range(w):
+                for n in range(a):
+                    pred = region_box((b, n, j, i))
+                    best_iou = 0.0
+                    for truth, _ in truths[b]:
+                        best_iou = max(best_iou, _box_iou(pred, truth))
+                    obj = _logistic(float(v[b, n, 4, j, i]))
+                    delta[b, n, 4, j, i] = config.noobject_scale * (0 - obj) * obj * (1 - obj)
+                    if best_iou > config.thresh:
+                        delta[b, n, 4, j, i] = 0
+                        taken["ignored"].append(b)
+                    if seen < config.prior_warmup_images:  # darknet: seen < 12800
+                        prior = ((i + 0.5) / w, (j + 0.5) / h, anchors[n][0] / w, anchors[n][1] / h)
+                        delta_region_box(prior, (b, n, j, i), 0.01)
+        used: set[tuple[int, int, int]] = set()
+        for truth, class_id in truths[b]:
+            i, j = int(truth[0] * w), int(truth[1] * h)
+            best_iou, best_n = 0.0, 0
+            for n in range(a):  # bias_match: the anchor's shape against the truth's, both at 0, 0
+                iou = _box_iou((0, 0, anchors[n][0] / w, anchors[n][1] / h), (0, 0, *truth[2:]))
+                if iou > best_iou:
+                    best_iou, best_n = iou, n
+            if (best_n, j, i) in used:
+                taken["overwritten"].append(b)
+            used.add((best_n, j, i))
+            scale = config.coord_scale * (2 - truth[2] * truth[3])
+            iou = delta_region_box(truth, (b, best_n, j, i), scale)
+            obj = _logistic(float(v[b, best_n, 4, j, i]))
+            target = iou if config.rescore else 1.0
+            delta[b, best_n, 4, j, i] = config.object_scale * (target - obj) * obj * (1 - obj)
+            probs = torch.softmax(v[b, best_n, 5:, j, i], 0)
+            onehot = torch.nn.functional.one_hot(torch.tensor(class_id), size - 5).double()
+            delta[b, best_n, 5:, j, i] = config.class_scale * (onehot - probs)
+    return delta.view(batch, channels, h, w), taken
+
+
+# Image 0: random truths; image 1: two truths of one shape in one cell, so they share an anchor and
+# the later one's deltas overwrite the earlier one's; image 2: no truths.
+SHARED = [((0.31, 0.33, 0.30, 0.36), 2), ((0.36, 0.44, 0.31, 0.34), 0)]
+
+
+def _random_truths(generator: torch.Generator, count: int) -> list[tuple[BoxXYWH, int]]:
+    truths = []
+    for _ in range(count):
+        cx, cy = (0.02 + 0.96 * torch.rand(2, generator=generator)).tolist()
+        bw, bh = (0.05 + 0.8 * torch.rand(2, generator=generator)).tolist()
+        truths.append(((cx, cy, bw, bh), int(torch.randint(3, (1,), generator=generator))))
+    return truths
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+@pytest.mark.parametrize("rescore", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gradients_are_darknet_s_deltas(warmup: bool, rescore: bool, seed: int) -> None:
+    h, w, classes = 4, 5, 3  # a 128 x 160 input
+    anchors = [(1.3221, 1.73145), (3.19275, 4.00944), (5.05587, 8.09892), (0.9, 0.7), (2.2, 1.1)]
+    scales = {"coord_scale": 1.5, "object_scale": 4.0, "noobject_scale": 0.7, "class_scale": 1.3}
+    config = LossConfig(**scales, thresh=0.3, rescore=rescore, prior_warmup_images=12800)
+    seen = 0 if warmup else 12800
+    generator = torch.Generator().manual_seed(seed)
+    truths = [_random_truths(generator, 6), SHARED, []]
+    out = torch.randn(3, len(anchors) * (5 + classes), h, w, generator=generator)
+    out = out.requires_grad_()
+
+    pixels = torch.tensor([32 * w, 32 * h, 32 * w, 32 * h], dtype=torch.float64)
+    targets = []
+    for image in truths:
+        xywh = torch.tensor([box for box, _ in image], dtype=torch.float64).view(-1, 4)
+        xyxy = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+        labels = torch.tensor([label for _, label in image], dtype=torch.int64)
+        targets.append({"boxes": xyxy * pixels, "labels": labels})
+    region_loss(out, targets, anchors, config, seen=seen).total.backward()
+    assert out.grad is not None
+    ours = -out.grad.double() * len(truths)  # the loss is the batch sum over the batch size
+
+    theirs, taken = darknet_deltas(out, truths, anchors, config, seen)
+    assert taken["ignored"]  # every branch is exercised
+    assert 1 in taken["overwritten"]
+    assert theirs.abs().max() > 0.1
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
