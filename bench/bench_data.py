@@ -105,6 +105,8 @@ class TrainStep:
 
 
 def main() -> None:
+    from targets import Target, check  # bench/targets.py, beside this script
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -139,7 +141,7 @@ def main() -> None:
     print(
         f"train step: {train_rate:6.0f} images/s  (rounds {' '.join(f'{v:.0f}' for v in trains)})"
     )
-    print(f"loader / train_step = {load / train_rate:.1f}× (target ≥ {TARGET:g}×)")
+    raise SystemExit(check([Target("loader / train step", load / train_rate, ">=", TARGET, "x")]))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from yolov2.prune import prune_filters
 
 
 def main() -> None:
+    from targets import Target, check  # bench/targets.py, beside this script
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--ratio", type=float, default=0.5)
@@ -48,14 +50,19 @@ def main() -> None:
     print(
         f"yolov2-voc {args.size}x{args.size}, filter pruning uniform {args.ratio}, 1 thread, batch 1"
     )
-    print(
-        f"params   dense {params[0]:,}  pruned {params[1]:,}  ratio {params[1] / params[0]:.3f} (target <= 0.35)"
-    )
+    print(f"params   dense {params[0]:,}  pruned {params[1]:,}  ratio {params[1] / params[0]:.3f}")
     print(f"GFLOPs   dense {flops[0]:.2f}  pruned {flops[1]:.2f}  reduction {flops_reduction:.2f}x")
     print(
         f"latency  dense {latency['dense']:.0f} ms  pruned {latency['pruned']:.0f} ms  speedup {speedup:.2f}x"
     )
-    print(f"speedup / FLOPs reduction = {speedup / flops_reduction:.2f} (target >= 0.8)")
+    raise SystemExit(
+        check(
+            [
+                Target("params pruned / dense", params[1] / params[0], "<=", 0.35),
+                Target("speedup / FLOPs reduction", speedup / flops_reduction, ">=", 0.8),
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ DEFAULT = Path(__file__).resolve().parents[1] / "experiments" / "default.yaml"
 
 
 def main() -> None:
+    from targets import Target, check  # bench/targets.py, beside this script
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], help="override, e.g. train.epochs=20")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
@@ -61,10 +63,15 @@ def main() -> None:
             f"{name:<10} {width:>7.4g} {params:>10,} {flops:>7.3f} {minutes:>8.1f} {voc07:>6.3f} {voc12:>9.3f}"
         )
     gap = (rows[0][5] - rows[1][5]) * 100
-    print(
-        f"default: map {rows[0][5]:.3f} (VOC07 11-point; target >= 0.80) in {rows[0][4]:.1f} min (target <= 10)"
+    raise SystemExit(
+        check(
+            [
+                Target("default map (VOC07 11-point)", rows[0][5], ">=", 0.80),
+                Target("default training time", rows[0][4], "<=", 10, " min"),
+                Target("1/8 width below the default", gap, ">=", 10, " map points"),
+            ]
+        )
     )
-    print(f"1/8 width is {gap:.1f} mAP points lower (target >= 10)")
 
 
 if __name__ == "__main__":

@@ -193,11 +193,20 @@ def provenance() -> dict[str, str]:
     return versions
 
 
-def _git_revision() -> str:
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _git_revision(package: Path = _PACKAGE) -> str:
+    """HEAD of the checkout `package` lives in; "unknown" when it is not in its own checkout.
+
+    A copy installed into site-packages may lie inside some other repository (a virtual
+    environment in a project folder): that repository's HEAD would be a wrong answer, so the
+    checkout counts only when its top level is the folder that holds `package`.
+    """
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            cwd=package,
             capture_output=True,
             text=True,
             timeout=5,
@@ -205,4 +214,8 @@ def _git_revision() -> str:
         )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
+    lines = result.stdout.split()
+    if result.returncode != 0 or len(lines) != 2:
+        return "unknown"
+    top, revision = lines
+    return revision if Path(top).resolve() == package.parent.resolve() else "unknown"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,7 +132,41 @@ def test_metadata_holds_architecture_provenance_and_meta(tmp_path: Path) -> None
     provenance = header["provenance"]
     assert provenance["torch"] == torch.__version__.split("+")[0]
     assert set(provenance) >= {"torch", "torchvision", "safetensors", "python", "git_revision"}
-    assert provenance["git_revision"] == "unknown" or len(provenance["git_revision"]) == 40
+    assert provenance["git_revision"] == _head()  # the tests run in a checkout
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _head(folder: Path = REPO) -> str:
+    result = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+def test_the_git_revision_is_this_checkout_s_and_never_another_repository_s(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from yolov2.checkpoint import _git_revision
+
+    package = REPO / "yolov2"
+    assert _git_revision(package) == _head()
+    assert len(_head()) == 40
+    # An installed copy inside some other repository, as site-packages of a venv in a project.
+    other = tmp_path / "project"
+    site = other / ".venv" / "lib" / "site-packages"
+    shutil.copytree(package, site / "yolov2")
+    subprocess.run(["git", "init", "-q"], cwd=other, check=True)
+    (other / "README").write_text("another project\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "add", "README"], cwd=other, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], cwd=other, check=True)
+    assert _head(other) != _head()
+    assert _git_revision(site / "yolov2") == "unknown"
+    assert _git_revision(tmp_path) == "unknown"  # in no repository at all
 
 
 # --- atomic writes --------------------------------------------------------------------------------

@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from yolov2.checkpoint import save_checkpoint
+from yolov2.config import load_config
 from yolov2.measure import Profile, count_params, gflops, latency_ms, profile
 from yolov2.model import Architecture, Conv, MaxPool, YOLOv2, build_model, yolov2_voc
+from yolov2.pipeline import architecture
+from yolov2.prune import pruned_widths
 
 # conv 3x3 3->8, maxpool, conv 3x3 8->16, head 1x1 16->6 (1 anchor, 1 class).
 SMALL = Architecture(
@@ -97,12 +100,14 @@ def test_profile_fields(tmp_path: Path) -> None:
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     result = profile(model, path, repeats=3)
     assert isinstance(result, Profile)
-    params, nonzero = count_params(model)
-    assert result.params == params == SMALL_PARAMS
-    assert result.nonzero_params == nonzero
-    assert nonzero <= SMALL_PARAMS - 576
-    assert result.sparsity == pytest.approx(1 - nonzero / params)
-    assert result.gflops == pytest.approx(gflops(model, (64, 96)))
+    assert result.params == SMALL_PARAMS
+    # Zeros: the 576 above, BN's beta (8 + 16, initialised to 0) and the head's biases but the
+    # objectness one (5 of 6).
+    assert result.nonzero_params == SMALL_PARAMS - 576 - 24 - 5 == 913
+    assert result.sparsity == pytest.approx(1 - 913 / 1518)
+    assert (
+        result.gflops == 2 * (3 * 8 * 9 * 64 * 96 + 8 * 16 * 9 * 32 * 48 + 16 * 6 * 32 * 48) / 1e9
+    )
     assert result.size_mb == path.stat().st_size / 1e6
     assert result.latency_ms > 0
     assert result.input_size == (64, 96)
@@ -129,3 +134,34 @@ def test_profile_at_another_size(tmp_path: Path) -> None:
         2 * (3 * 8 * 9 * 32 * 32 + 8 * 16 * 9 * 16 * 16 + 16 * 6 * 16 * 16) / 1e9
     )
     assert result.sparsity == 0.0
+
+
+# --- the numbers the README and the benchmarks quote, exactly ------------------------------------
+
+
+def _cost(arch: Architecture) -> tuple[int, int]:
+    """(FLOPs, parameters) of one forward pass at the architecture's input size, on no memory."""
+    with torch.device("meta"):
+        model = build_model(arch).eval()
+    return round(gflops(model, arch.input_size) * 1e9), sum(p.numel() for p in model.parameters())
+
+
+def test_yolov2_voc_at_416_filter_pruned_at_half() -> None:
+    dense = yolov2_voc()
+    half = dense.with_widths(pruned_widths(dense, [0.5]))  # the widths prune_filters gives
+    assert _cost(dense) == (29_360_334_848, 50_655_389)  # darknet: 29.36 BFLOPs, 50.66 M
+    assert _cost(half) == (7_425_659_904, 12_701_325)  # 7.43 GFLOPs, params 25.1% of dense
+    assert round(12_701_325 / 50_655_389, 3) == 0.251
+
+
+def test_the_default_experiment_at_its_ratio_034() -> None:
+    config = load_config(Path(__file__).resolve().parents[2] / "experiments" / "default.yaml")
+    dense = architecture(config.model, len(config.data.class_names()), config.data.input_size)
+    prune = config.prune
+    assert (prune.method, prune.ratio, prune.min_channels, prune.round_to) == ("filter", 0.34, 8, 4)
+    widths = pruned_widths(dense, [prune.ratio], prune.min_channels, prune.round_to)
+    assert widths == [8, 12, 20, 12, 20, 44, 20, 44, 84, 44, 84, 44, 84, 168, 84, 168, 84, 168,
+                      168, 168, 12, 168, 50]  # fmt: skip
+    assert _cost(dense) == (279_987_200, 3_174_842)  # 0.280 GFLOPs at 160
+    assert _cost(dense.with_widths(widths)) == (134_338_400, 1_386_290)  # 0.134: 52% fewer
+    assert round(1 - 134_338_400 / 279_987_200, 3) == 0.520

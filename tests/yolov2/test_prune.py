@@ -229,32 +229,18 @@ def test_reorg_groups_match_darknet_reorg() -> None:
             assert nonzero == sorted(k * channels + 4 * g + r for k in range(4) for r in range(4))
 
 
-HALF_VOC = [
-    8,
-    8,
-    16,
-    8,
-    16,
-    32,
-    16,
-    32,
-    64,
-    32,
-    64,
-    32,
-    64,
-    128,
-    64,
-    128,
-    64,
-    128,
-    128,
-    128,
-    8,
-    128,
-    125,
-]
-HALF_TINY = [8, 8, 8, 16, 32, 64, 128, 128, 125]
+# Kept filters at width 0.25, worked by hand: (1 - ratio) * filters to the nearest multiple of 8,
+# at least 8 (the passthrough conv, 16 filters, also a multiple of its reorg group of 4).
+WIDTHS = {
+    ("voc", 0.0): [8, 16, 32, 16, 32, 64, 32, 64, 128, 64, 128, 64, 128, 256, 128, 256, 128, 256, 256, 256, 16, 256, 125],
+    ("voc", 0.3): [8, 8, 24, 8, 24, 48, 24, 48, 88, 48, 88, 48, 88, 176, 88, 176, 88, 176, 176, 176, 8, 176, 125],
+    ("voc", 0.5): [8, 8, 16, 8, 16, 32, 16, 32, 64, 32, 64, 32, 64, 128, 64, 128, 64, 128, 128, 128, 8, 128, 125],
+    ("voc", 0.75): [8, 8, 8, 8, 8, 16, 8, 16, 32, 16, 32, 16, 32, 64, 32, 64, 32, 64, 64, 64, 8, 64, 125],
+    ("tiny", 0.0): [8, 8, 16, 32, 64, 128, 256, 256, 125],
+    ("tiny", 0.3): [8, 8, 8, 24, 48, 88, 176, 176, 125],
+    ("tiny", 0.5): [8, 8, 8, 16, 32, 64, 128, 128, 125],
+    ("tiny", 0.75): [8, 8, 8, 8, 16, 32, 64, 64, 125],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("arch", [VOC, TINY], ids=["voc", "tiny"])
@@ -263,9 +249,9 @@ def test_filter_pruning_shapes(arch: Architecture, ratio: float) -> None:
     model = _model(arch)
     pruned = prune_filters(model, [ratio])
     new = pruned.arch
-    assert new.widths == pruned_widths(arch, [ratio])
-    if ratio == 0.5:
-        assert new.widths == (HALF_VOC if arch is VOC else HALF_TINY)
+    expected = WIDTHS["voc" if arch is VOC else "tiny", ratio]
+    assert new.widths == expected
+    assert pruned_widths(arch, [ratio]) == expected  # the widths alone, without the weights
     ins = new.in_channels()
     for layer, block, width in zip(new.conv_indices, pruned.conv_blocks(), new.widths, strict=True):
         assert (block.conv.in_channels, block.conv.out_channels) == (ins[layer], width)
