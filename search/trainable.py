@@ -34,18 +34,22 @@ def trial_resources(cpus: float) -> tuple[int, int]:
     return max(1, whole - workers), workers
 
 
-def run_trial(params: dict[str, Any], *, experiment: dict[str, Any], space: Space) -> None:
+def run_trial(
+    params: dict[str, Any], *, experiment: dict[str, Any], space: Space, ray_dir: str | None = None
+) -> None:
     """The Ray Tune function trainable (bound to the experiment with `tune.with_parameters`)."""
     from ray import tune
 
+    context = tune.get_context()
     restored = tune.get_checkpoint()
+    if restored is None and ray_dir:  # a snapshot older than the trial's end knows no checkpoint
+        restored = _final_checkpoint(Path(ray_dir) / f"trial_{context.get_trial_id()}")
     if restored is not None:
         with restored.as_directory() as directory:
             finished = _finished(Path(directory))
         if finished is not None:  # finished before a lost driver's last snapshot: no rerun
             tune.report({**finished, REPLAYED: True}, checkpoint=restored)
             return
-    context = tune.get_context()
     cpus = context.get_trial_resources().required_resources.get("CPU", 1.0)
     threads, workers = trial_resources(cpus)
     torch.set_num_threads(threads)
@@ -69,6 +73,16 @@ def run_trial(params: dict[str, Any], *, experiment: dict[str, Any], space: Spac
         (Path(staging) / METRICS_FILE).write_text(json.dumps(final, indent=2))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(staging))
     shutil.rmtree(out, ignore_errors=True)  # all of it is in the checkpoint and the reports
+
+
+def _final_checkpoint(trial_dir: Path) -> Any:
+    """The checkpoint a trial's final report left in the storage, if it got that far."""
+    from ray import tune
+
+    for candidate in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+        if _finished(candidate) is not None and (candidate / CHECKPOINT_FILE).is_file():
+            return tune.Checkpoint.from_directory(str(candidate))
+    return None
 
 
 def _finished(directory: Path) -> dict[str, Any] | None:

@@ -80,7 +80,7 @@ def resume(directory: Path, address: str | None = None) -> Outcome:
         settle_study(directory, config)  # orphans of the lost driver: FAIL, never RUNNING
         tuner = tune.Tuner.restore(
             str(directory / RAY_DIR),
-            trainable=trainable(config, space),
+            trainable=trainable(config, space, directory),
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,
@@ -223,10 +223,15 @@ def check_resources(search: SearchConfig) -> None:
         )
 
 
-def trainable(config: ExperimentConfig, space: Space) -> Any:
+def trainable(config: ExperimentConfig, space: Space, directory: Path) -> Any:
     from ray import tune
 
-    bound = tune.with_parameters(run_trial, experiment=config.model_dump(mode="json"), space=space)
+    bound = tune.with_parameters(
+        run_trial,
+        experiment=config.model_dump(mode="json"),
+        space=space,
+        ray_dir=str(directory / RAY_DIR),
+    )
     search = config.search
     return tune.with_resources(bound, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
 
@@ -245,7 +250,7 @@ def build_tuner(config: ExperimentConfig, space: Space, directory: Path) -> tune
         storage=study_storage(directory),
     )
     return tune.Tuner(
-        trainable(config, space),
+        trainable(config, space, directory),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=search.num_samples,

@@ -1,0 +1,41 @@
+"""A trial's resources and its restart: threads and workers fit the CPUs; a finished trial found
+in the storage reports its result again instead of training again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from search.trainable import CHECKPOINT_FILE, _final_checkpoint, trial_resources
+from yolov2.pipeline import METRICS_FILE
+
+
+@pytest.mark.parametrize(
+    ("cpus", "expected"), [(0.5, (1, 0)), (1, (1, 0)), (2, (1, 1)), (4, (2, 2)), (8, (5, 3))]
+)
+def test_threads_and_loader_workers_fit_inside_the_trial_cpus(
+    cpus: float, expected: tuple[int, int]
+) -> None:
+    threads, workers = trial_resources(cpus)
+    assert (threads, workers) == expected
+    assert threads + workers <= max(1, int(cpus))
+
+
+def test_the_final_checkpoint_is_found_in_the_storage_and_only_when_done(tmp_path: Path) -> None:
+    trial = tmp_path / "trial_abc"
+    assert _final_checkpoint(trial) is None
+    epoch = trial / "checkpoint_000000"
+    epoch.mkdir(parents=True)
+    (epoch / METRICS_FILE).write_text(json.dumps({"map": 0.5, "done": False}))
+    (epoch / CHECKPOINT_FILE).write_bytes(b"x")
+    assert _final_checkpoint(trial) is None
+    final = trial / "checkpoint_000001"
+    final.mkdir()
+    (final / METRICS_FILE).write_text(json.dumps({"map": 0.6, "done": True}))
+    assert _final_checkpoint(trial) is None  # no model file: not a finished trial's checkpoint
+    (final / CHECKPOINT_FILE).write_bytes(b"x")
+    found = _final_checkpoint(trial)
+    assert found is not None
+    assert Path(found.path) == final
