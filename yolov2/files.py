@@ -17,6 +17,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     temporary = Path(name)
+    temporary.chmod(0o644)  # readable as an ordinary new file, not mkstemp's private 0600
     try:
         yield temporary
         os.replace(temporary, target)
