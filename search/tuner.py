@@ -346,7 +346,7 @@ class FrontSearch(OptunaSearch):
         frozen = study.get_trials(deepcopy=False)[ot_trial.number]
         if not frozen.state.is_finished():
             study.tell(ot_trial, told, state=state)
-        elif state == State.COMPLETE:
+        elif state == State.COMPLETE and frozen.state == State.FAIL:  # settled as interrupted
             study.add_trial(
                 optuna.trial.create_trial(
                     params=frozen.params,

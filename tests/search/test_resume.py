@@ -84,7 +84,12 @@ def test_a_search_whose_driver_is_killed_resumes_to_the_end(
     states = [t.state.name for t in study.trials]
     assert "RUNNING" not in states
     completed = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert sorted(t.user_attrs["ray_trial_id"] for t in completed) == sorted(after)
+    told = [t.user_attrs["ray_trial_id"] for t in completed]
+    assert set(after) <= set(told)
+    assert len(told) == len(set(told))
+    # Known gap (README, Resume): a trial Optuna was told COMPLETE in the instant between Ray's last
+    # snapshot and the kill is unknown to the restored Ray; it stays in the study, not the ledger.
+    assert len(told) <= NUM_SAMPLES + 1
     table = pd.read_csv(directory / "trials.csv")
     assert len(table) == NUM_SAMPLES
     assert table["pareto"].any()
