@@ -35,6 +35,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HOME"] = str(home)
     os.environ["XDG_CACHE_HOME"] = str(home / ".cache")
     os.environ["PRUNE_SEARCH_CACHE"] = str(home / ".cache" / "prune-search")
+    # matplotlib builds its font cache in the new HOME on first import and logs it: do it here,
+    # before any test reads a command's stderr line by line.
+    import matplotlib.font_manager  # noqa: F401
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
