@@ -141,7 +141,7 @@ class Front:
     @property
     def normalised_hypervolume(self) -> float:
         """The hypervolume over the dense point's own (dense map x dense cost)."""
-        dense = _dense_rows(self.table)
+        dense = dense_rows(self.table)
         dense_map = float(dense["map"].max()) if len(dense) else float(self.table["map"].max())
         scale = dense_map * self.reference_cost
         return self.hypervolume / scale if scale > 0 else 0.0
@@ -175,7 +175,7 @@ def pareto_front(table: pd.DataFrame, cost: str) -> Front:
         done = table[completed]
         mask[np.flatnonzero(completed)] = ~dominated(done["map"], done[cost])
     table["pareto"] = mask
-    dense = _dense_rows(table[completed])
+    dense = dense_rows(table[completed])
     pool = dense if len(dense) else table[completed]
     reference = float(pool[cost].max()) if len(pool) else 0.0
     on_front = table[table["pareto"]]
@@ -183,7 +183,7 @@ def pareto_front(table: pd.DataFrame, cost: str) -> Front:
     return Front(table, cost, reference, volume)
 
 
-def _dense_rows(table: pd.DataFrame) -> pd.DataFrame:
+def dense_rows(table: pd.DataFrame) -> pd.DataFrame:
     """The trials that measured the dense model itself (every pruning ratio 0)."""
     return table[table["dense"].astype(bool)]
 

@@ -25,6 +25,7 @@ from search.pareto import (
     Front,
     Ledger,
     TrialRecord,
+    dense_rows,
     pareto_front,
     trials_table,
 )
@@ -208,7 +209,7 @@ def front_figure(front: Front) -> Figure:
     axes.scatter(done[cost], done["map"], s=22, color="0.6", label="trials")
     points = front.points
     axes.plot(points[cost], points["map"], "-o", color="tab:blue", ms=5, label="Pareto front")
-    dense = done[done["dense"].astype(bool)]
+    dense = dense_rows(done)
     if len(dense):
         axes.scatter(dense[cost], dense["map"], marker="*", s=160, color="tab:red", label="dense")
     failed = int((table["state"] != COMPLETE).sum())
