@@ -37,14 +37,17 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     from search import tuner
-    from search.space import build_space
+    from search.dense import CHECKPOINT, local_folder
     from yolov2.config import load_config
+    from yolov2.engine import load_splits
+    from yolov2.pipeline import cached_dense
 
     config = load_config(DEFAULT, args.set)
-    space = build_space(config, str(DEFAULT))
+    splits = load_splits(config.data)
+    cold = not (local_folder(config) / CHECKPOINT).is_file()
     start = time.perf_counter()
-    tuner.make_dense(config, space)
-    dense_s = time.perf_counter() - start
+    cached_dense(config, splits)  # the dense stage into the cache, timed apart
+    dense_s = time.perf_counter() - start if cold else 0.0
     with tempfile.TemporaryDirectory() as scratch:
         storage = args.keep or Path(scratch)
         directory = (storage / config.name).resolve()
@@ -81,11 +84,15 @@ def report(
     saving = 1 - float(cheapest["gflops"]) / dense_gflops if cheapest is not None else 0.0
 
     print(f"\ndefault search: {len(table)} trials, {len(done)} completed, {concurrency} at a time")
-    print(f"  dense stage:                  {dense_s / 60:6.2f} min (0 when cached)")
+    print(f"  dense stage:                  {dense_s / 60:6.2f} min (0: it was cached)")
     print(f"  search (dense cached):        {search_s / 60:6.2f} min   target <= 15")
-    print(
-        f"  search + dense stage:         {(search_s + dense_s) / 60:6.2f} min   target <= 25 from a cold cache"
-    )
+    if dense_s > 0:
+        print(
+            f"  search + dense stage:         {(search_s + dense_s) / 60:6.2f} min   "
+            "target <= 25 from a cold cache"
+        )
+    else:
+        print("  search + dense stage:         not measured (the dense stage was cached)")
     print(f"  ideal (sum of trials / {concurrency}):    {ideal / 60:6.2f} min")
     print(f"  orchestration overhead:       {overhead:6.3f}x    target <= 1.10")
     print(f"  front: {len(points)} points, GFLOPs span {span:.2f}x   targets >= 4 points, >= 3x")
@@ -110,7 +117,7 @@ def report(
         Target("front GFLOPs span", span, ">=", 3, "x"),
         Target("fewer GFLOPs within 3 map points of dense", 100 * saving, ">=", 40, "%"),
     ]
-    if dense_s > 0:  # from a cold cache
+    if dense_s > 0:  # from a cold cache only
         targets.append(Target("search + dense stage", (search_s + dense_s) / 60, "<=", 25, " min"))
     return check(targets)
 

@@ -10,6 +10,7 @@ import argparse
 import logging
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "defa
 
 def cmd_run(args: argparse.Namespace) -> int:
     from search import tuner
+    from search.storage import Storage, is_uri, join
     from yolov2.config import load_config
 
     overrides = [
@@ -32,8 +34,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         *([f"search.num_samples={args.num_samples}"] if args.num_samples else []),
     ]
     config = load_config(args.experiment, overrides)
-    directory = (args.storage / (args.name or config.name)).resolve()
-    outcome = tuner.run(config, str(args.experiment), directory, args.address)
+    name = args.name or config.name
+    # A URI: the driver's own files stay on its disk, in runs/<name>.
+    root = (
+        join(args.storage, name)
+        if is_uri(args.storage)
+        else str(Path(args.storage, name).resolve())
+    )
+    storage = Storage(root)
+    directory = storage.driver_folder()
+    outcome = tuner.run(config, str(args.experiment), directory, args.address, storage)
     return _conclude(outcome)
 
 
@@ -44,8 +54,11 @@ def add_run(commands: Any) -> None:
     p.add_argument("--address", default=None,
                    help="a running Ray cluster ('auto', or host:port); default: a new loopback "
                         "Ray instance on this machine")  # fmt: skip
-    p.add_argument("--storage", type=Path, default=Path("runs"),
-                   help="where experiment folders go (default: runs/)")  # fmt: skip
+    p.add_argument("--storage", default="runs",
+                   help="where experiment folders go: a folder (default: runs/), or a URI Ray "
+                        "Tune accepts (s3://..., gs://..., file://...) that every node reaches; "
+                        "then the driver keeps its study in runs/<name> and copies it there "
+                        "after every trial")  # fmt: skip
     p.add_argument("--name", help="experiment folder name (default: the experiment's name)")
     p.add_argument("--num-samples", type=_positive, help="trials (default: search.num_samples)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -56,19 +69,21 @@ def add_run(commands: Any) -> None:
 def cmd_resume(args: argparse.Namespace) -> int:
     from search import tuner
 
-    return _conclude(tuner.resume(args.experiment_dir.resolve(), args.address))
+    return _conclude(tuner.resume(args.experiment_dir, args.address))
 
 
 def add_resume(commands: Any) -> None:
     p = commands.add_parser("resume", help="finish a search after Ctrl-C or a lost driver")
-    p.add_argument("experiment_dir", type=Path, help="the experiment folder (<storage>/<name>)")
+    p.add_argument("experiment_dir", help="the experiment folder (<storage>/<name>), or the "
+                   "search's storage URI (<storage URI>/<name>) from a new driver")  # fmt: skip
     p.add_argument("--address", default=None, help="a running Ray cluster (default: loopback)")
     p.set_defaults(run=cmd_resume)
 
 
 def _conclude(outcome: Outcome) -> int:
     from search.pareto import format_table
-    from search.tuner import FRONT_PNG, STUDY_FILE, TRIALS_CSV
+    from search.storage import STUDY_FILE
+    from search.tuner import FRONT_PNG, TRIALS_CSV
 
     front, directory = outcome.front, outcome.directory
     print(_summary(front))
@@ -211,15 +226,24 @@ def _budget_text(budgets: dict[str, float]) -> str:
 
 def _copy_checkpoint(directory: Path, row: Any, out: Path) -> None:
     from search.trainable import CHECKPOINT_FILE
+    from search.tuner import locate
     from yolov2.checkpoint import load_checkpoint
     from yolov2.files import atomic_path
 
-    source = directory / str(row["checkpoint"]) / CHECKPOINT_FILE
-    if not source.is_file():
-        raise InputError(f"{source}: the checkpoint of trial {row['trial_id']} is missing")
-    load_checkpoint(source)  # refuses a truncated or foreign file before it is copied
-    with atomic_path(out) as temporary:
-        shutil.copyfile(source, temporary)
+    relative = f"{row['checkpoint']}/{CHECKPOINT_FILE}"
+    source = directory / relative
+    with tempfile.TemporaryDirectory() as scratch:
+        storage = locate(str(directory))[1]
+        if not source.is_file() and storage.remote:  # in the search's storage, not on this disk
+            source = Path(scratch) / CHECKPOINT_FILE
+            if not storage.download(relative, source):
+                raise InputError(f"{storage.uri(relative)}: the checkpoint of trial "
+                                 f"{row['trial_id']} is missing")  # fmt: skip
+        if not source.is_file():
+            raise InputError(f"{source}: the checkpoint of trial {row['trial_id']} is missing")
+        load_checkpoint(source)  # refuses a truncated or foreign file before it is copied
+        with atomic_path(out) as temporary:
+            shutil.copyfile(source, temporary)
 
 
 def add_best(commands: Any) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from search.storage import LEDGER_FILE
 from yolov2.errors import InputError
 from yolov2.files import write_text_atomic
 from yolov2.pipeline import METRIC_NAMES
@@ -27,11 +28,10 @@ from yolov2.pipeline import METRIC_NAMES
 if TYPE_CHECKING:
     import pandas as pd
 
-LEDGER_FILE = "trials.json"
 COSTS = ("size_mb", "gflops", "latency_ms")
 COST_UNITS = {"size_mb": "MB", "gflops": "GFLOPs", "latency_ms": "ms"}
 METRICS = METRIC_NAMES  # what every trial reports last, in the order tables show them
-PLACEMENT = ("node", "device")
+PLACEMENT = ("node", "device", "gpu_ids")  # where a trial ran: host:Ray node, torch device, GPUs
 COMPLETE, FAILED, STOPPED = "COMPLETE", "FAIL", "PRUNED"
 
 

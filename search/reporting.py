@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 
+from search import dense
 from search.pareto import (
     COMPLETE,
     COST_UNITS,
     FAILED,
     METRICS,
+    PLACEMENT,
     STOPPED,
     Front,
     Ledger,
@@ -30,6 +32,7 @@ from search.pareto import (
     trials_table,
 )
 from search.space import Space, is_finite
+from search.storage import DRIVER_FILES, Storage, push
 from yolov2.config import ExperimentConfig
 
 if TYPE_CHECKING:
@@ -50,11 +53,17 @@ class TrialCurves(TBXLoggerCallback):
 class SearchViews(Callback):
     """Keeps the ledger, the progress line and the TensorBoard views as each trial finishes."""
 
-    def __init__(self, directory: Path, config: ExperimentConfig, space: Space) -> None:
-        self.directory = directory
+    def __init__(self, config: ExperimentConfig, space: Space, storage: str) -> None:
         self.config = config
         self.space = space
+        self.storage = storage  # the search's storage: the ledger and study go there too
         self._ledger: Ledger | None = None
+
+    @property
+    def directory(self) -> Path:
+        """The driver's folder, of whichever driver runs this (a new one resumes from the
+        storage): not pickled into tuner.pkl with the rest."""
+        return Storage(self.storage).driver_folder()
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: no open state
         return {**self.__dict__, "_ledger": None}
@@ -69,6 +78,7 @@ class SearchViews(Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         log.info("trial %s started: %s", trial.trial_id, _shown(trial.config))
+        push(self.directory, Storage(self.storage), DRIVER_FILES)  # the study knows it RUNNING
 
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -88,29 +98,30 @@ class SearchViews(Callback):
     ) -> None:
         local = Path(trial.error_file) if trial.error_file else None  # before Ray syncs it
         trace = local.read_text() if local is not None and local.is_file() else trial.get_error()
+        if self.space.touches_dense:
+            dense.release(self.config.name, trial.trial_id)  # another trial may make its dense
         self._finish(trials, trial, FAILED, error_line(trace))
 
     def _finish(self, trials: list[Trial], trial: Trial, state: str, error: str) -> None:
         result = trial.last_result or {}
         checkpoint = trial.checkpoint
         relative = ""
+        storage = Storage(self.storage)
         if state == COMPLETE and checkpoint is not None:
-            path = Path(checkpoint.path)
-            relative = str(
-                path.relative_to(self.directory) if path.is_relative_to(self.directory) else path
-            )
+            relative = storage.relative(checkpoint.path)
         record = TrialRecord(
             trial_id=trial.trial_id,
             state=state,
             params=dict(trial.config),
             row=self.space.row(self.config, trial.config),
-            metrics={k: result[k] for k in (*METRICS, "node", "device") if k in result},
+            metrics={k: result[k] for k in (*METRICS, *PLACEMENT) if k in result},
             error=error,
             checkpoint=relative,
         )
         self.ledger.record(record)
         front = pareto_front(trials_table(self.ledger, self.space.columns), self.config.search.cost)
         write_views(self.directory, front, self.space.columns, record)
+        push(self.directory, storage, DRIVER_FILES)
         log.info("%s", progress_line(trials, front, record))
 
 

@@ -1,29 +1,39 @@
 """One trial: the experiment with the trial's sample applied, run by `yolov2.pipeline.run`.
 
 Every finetune epoch goes to Ray Tune through the pipeline's report callback, with both objectives
-(`map` as last evaluated, and the pruned model's costs); the last report holds every metric and the
-pruned checkpoint, and says `done`. A trial restored from a checkpoint that says `done` (Ray starts
-finished trials again when the driver died after they ended but before its snapshot) reports the
-same result at once instead of training again.
+(`map` as last evaluated, and the pruned model's costs) and a checkpoint of the finetune's training
+state; the last report holds every metric and the pruned checkpoint, and says `done`.
+
+Restored from a checkpoint (a node lost mid-trial, or a driver lost: Ray starts the trial again,
+on any node), a trial carries on where its checkpoint was: a training state goes back into the
+finetune's folder and the pipeline resumes from it (the same epochs, the same result as without
+the fault); a checkpoint that says `done` (the driver died after the trial ended but before its
+snapshot) is reported again at once instead of training again.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from search import dense
 from search.space import Space, is_finite
+from search.storage import Storage
 from yolov2.config import ExperimentConfig
+from yolov2.engine import STATE_FILE
 from yolov2.pipeline import METRICS_FILE, run
 
 CHECKPOINT_FILE = "model.safetensors"
 DONE = "done"
 REPLAYED = "replayed"  # a finished trial's result reported again from its checkpoint
+RAY_DIR = "ray"  # Ray Tune's experiment, inside the search's storage
+KEEP_STATES = 2  # finetune training states kept per trial: the newest epochs' (_trim_states)
 
 
 def trial_resources(cpus: float) -> tuple[int, int]:
@@ -35,53 +45,109 @@ def trial_resources(cpus: float) -> tuple[int, int]:
 
 
 def run_trial(
-    params: dict[str, Any], *, experiment: dict[str, Any], space: Space, ray_dir: str | None = None
+    params: dict[str, Any],
+    *,
+    experiment: dict[str, Any],
+    space: Space,
+    storage: str,
+    driver_cache: str,
 ) -> None:
-    """The Ray Tune function trainable (bound to the experiment with `tune.with_parameters`)."""
+    """The Ray Tune function trainable (bound to the experiment with `tune.with_parameters`):
+    `storage` is the search's (`<storage>/<name>`), `driver_cache` the driver's default cache."""
     from ray import tune
 
     context = tune.get_context()
-    restored = tune.get_checkpoint()
-    if restored is None and ray_dir:  # a snapshot older than the trial's end knows no checkpoint
-        restored = _final_checkpoint(Path(ray_dir) / f"trial_{context.get_trial_id()}")
+    trial_id = context.get_trial_id()
+    shared = Storage(storage)
+    # A snapshot older than the trial's end knows an earlier checkpoint, or none: the final one
+    # in the storage wins.
+    restored = _final_checkpoint(shared, trial_id) or tune.get_checkpoint()
+    out = Path.cwd() / "pipeline"  # the trial's working folder, which Ray does not sync
     if restored is not None:
         with restored.as_directory() as directory:
             finished = _finished(Path(directory))
+            state = Path(directory) / STATE_FILE
+            if finished is None and state.is_file():  # carry on from the last finetune epoch
+                _restore_state(state, out, json.loads((Path(directory) / METRICS_FILE).read_text()))
         if finished is not None:  # finished before a lost driver's last snapshot: no rerun
             tune.report({**finished, REPLAYED: True}, checkpoint=restored)
             return
-    cpus = context.get_trial_resources().required_resources.get("CPU", 1.0)
-    threads, workers = trial_resources(cpus)
+    threads, workers = trial_resources(
+        context.get_trial_resources().required_resources.get("CPU", 1.0)
+    )
     torch.set_num_threads(threads)
-    base = ExperimentConfig.model_validate(experiment)
-    config = space.apply(base, params)
+    config = space.apply(ExperimentConfig.model_validate(experiment), params)
     config = config.model_copy(update={"data": config.data.model_copy(update={"workers": workers})})
-    # The pipeline's files stay in the trial's working folder, which Ray does not copy to the
-    # storage; what a trial leaves is its reports and its checkpoint.
-    out = Path.cwd() / "pipeline"
-    trial_id = context.get_trial_id()
+    local = dense.for_trial(config, shared, driver_cache, trial_id)
+    placement = {**_placement(), "trial_id": trial_id}
+    finetune_dir = out / f"finetune_{config.prune.iterations}"
 
     def report(metrics: dict[str, Any]) -> None:
-        tune.report({**_scalars(metrics), "trial_id": trial_id, DONE: False})
+        scalars = {**_scalars(metrics), **placement, DONE: False}
+        with tempfile.TemporaryDirectory() as staging:
+            shutil.copy2(finetune_dir / STATE_FILE, Path(staging) / STATE_FILE)
+            state = {**scalars, "finetune_dir": finetune_dir.name}
+            (Path(staging) / METRICS_FILE).write_text(json.dumps(state, indent=2))
+            tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(staging))
+        _trim_states(shared, trial_id, keep=KEEP_STATES)
 
-    result = run(config, out, report)
-    final = {**_scalars(result.metrics), "trial_id": trial_id, DONE: True}
+    result = run(local, out, report)
+    dense.after_trial(config, shared, driver_cache)
+    final = {**_scalars(result.metrics), **placement, DONE: True}
     if not is_finite(final["map"]):
         final["map"] = 0.0  # a collapsed model scores nothing; NaN would leave the study RUNNING
     with tempfile.TemporaryDirectory() as staging:
         shutil.copy2(result.checkpoint, Path(staging) / CHECKPOINT_FILE)
         (Path(staging) / METRICS_FILE).write_text(json.dumps(final, indent=2))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(staging))
+    _trim_states(shared, trial_id, keep=0)
     shutil.rmtree(out, ignore_errors=True)  # all of it is in the checkpoint and the reports
 
 
-def _final_checkpoint(trial_dir: Path) -> Any:
+def _trim_states(storage: Storage, trial_id: str, keep: int) -> None:
+    """Remove the training states of this trial's older checkpoints, all but the newest `keep`.
+
+    Ray keeps every checkpoint folder (a restored experiment snapshot may name an older one than
+    the newest, and Ray refuses to restore a trial whose named checkpoint is gone), so that what
+    keeps the storage small is this: an old folder keeps its metrics, and a trial restored from
+    it trains its finetune again from the start (the same result, deterministically), or replays
+    its final checkpoint."""
+    trial = f"{RAY_DIR}/trial_{trial_id}"
+    states = [
+        f"{trial}/{name}/{STATE_FILE}" for name in storage.folders(trial, prefix="checkpoint_")
+    ]
+    for state in states[: max(0, len(states) - keep)]:
+        storage.delete(state)
+
+
+def _restore_state(state: Path, out: Path, metrics: dict[str, Any]) -> None:
+    """Put a checkpoint's training state back where the pipeline's finetune resumes from it."""
+    folder = out / str(metrics["finetune_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(state, folder / STATE_FILE)
+
+
+def _placement() -> dict[str, Any]:
+    """Where the trial really runs: `node` (host and Ray node id, unique on a cluster even where
+    hosts share a name), and the GPU ids Ray gave it (`gpu_ids`, empty on CPUs)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+    return {"node": f"{socket.gethostname()}:{node_id[:8]}", "gpu_ids": gpus}
+
+
+def _final_checkpoint(storage: Storage, trial_id: str) -> Any:
     """The checkpoint a trial's final report left in the storage, if it got that far."""
     from ray import tune
 
-    for candidate in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
-        if _finished(candidate) is not None and (candidate / CHECKPOINT_FILE).is_file():
-            return tune.Checkpoint.from_directory(str(candidate))
+    trial = f"{RAY_DIR}/trial_{trial_id}"
+    for name in reversed(storage.folders(trial, prefix="checkpoint_")):
+        with tempfile.TemporaryDirectory() as scratch:
+            if not storage.download(f"{trial}/{name}/{METRICS_FILE}", Path(scratch) / METRICS_FILE):
+                continue
+            if _finished(Path(scratch)) and storage.exists(f"{trial}/{name}/{CHECKPOINT_FILE}"):
+                return tune.Checkpoint(storage.uri(f"{trial}/{name}"))
     return None
 
 

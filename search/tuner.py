@@ -20,11 +20,21 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from search import dense
 from search.pareto import Front, Ledger, pareto_front, trials_table
 from search.reporting import SearchViews, TrialCurves, front_figure
 from search.space import Space, build_space, is_finite, sample
-from search.trainable import DONE, run_trial
-from yolov2.config import ExperimentConfig, SearchConfig, load_config
+from search.storage import (
+    DRIVER_FILES,
+    EXPERIMENT_FILE,
+    STUDY_FILE,
+    Storage,
+    is_uri,
+    pull,
+    push,
+)
+from search.trainable import DONE, RAY_DIR, run_trial
+from yolov2.config import ExperimentConfig, SearchConfig, default_cache, load_config
 from yolov2.errors import InputError
 from yolov2.files import atomic_path, write_text_atomic
 
@@ -34,14 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prune-search")
 
-STUDY_FILE = "study.db"
-EXPERIMENT_FILE = "experiment.yaml"
 TRIALS_CSV = "trials.csv"
 FRONT_PNG = "front.png"
-# Ray's own experiment lives in a subfolder: on restore Ray copies its folder to a staging area
-# and back, which would put stale copies over the live study and ledger beside it.
-RAY_DIR = "ray"
+# Ray's own experiment lives in a subfolder (RAY_DIR): on restore Ray copies its folder to a
+# staging area and back, which would put stale copies over the live study and ledger beside it.
 TUNER_FILE = "tuner.pkl"  # Ray's; with EXPERIMENT_FILE it marks an experiment folder
+STORAGE_FILE = "storage.txt"  # in the driver's folder of a search stored at a URI: that URI
 
 
 @dataclass(frozen=True)
@@ -51,27 +59,61 @@ class Outcome:
     finished: bool  # every trial of the budget has ended (not interrupted)
 
 
-def run(config: ExperimentConfig, source: str, directory: Path, address: str | None) -> Outcome:
-    """A new search into `directory` (`<storage>/<name>`); the same search again resumes it."""
+def run(
+    config: ExperimentConfig,
+    source: str,
+    directory: Path,
+    address: str | None,
+    storage: Storage | None = None,
+) -> Outcome:
+    """A new search into `directory` (`<storage>/<name>`, or the driver's folder of a search
+    stored at a URI: `storage`); the same search again resumes it."""
+    storage = storage or Storage(str(directory))
     space = build_space(config, source)  # 1. the space, checked before Ray starts
     if _same_search(directory, config):
         log.info("%s holds this search already: resuming it", directory)
-        return resume(directory, address)
+        return resume(str(directory), address)
     _check_new_experiment_dir(directory)
-    make_dense(config, space)  # 2. the dense stage, once, with every core of this machine
+    if storage.remote:
+        storage.check_writable()
+    if address is None:  # 2. the dense stage, once, with every core of this machine
+        make_dense(config, space, None)
     with ray_session(address):  # 3. Ray: a loopback instance of our own, or the cluster
         check_resources(config.search)
+        # 2. into the storage (on a cluster, made first on a node with a trial's resources)
+        make_dense(config, space, storage, on_cluster=address is not None)
         directory.mkdir(parents=True, exist_ok=True)
         write_text_atomic(directory / EXPERIMENT_FILE, config.to_yaml())
-        tuner = build_tuner(config, space, directory)  # 4. searcher and Tuner
-        return fit(tuner, config, space, directory)  # 5. fit, settle the study, the front
+        if storage.remote:
+            write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
+        tuner = build_tuner(config, space, directory, storage)  # 4. searcher and Tuner
+        return fit(tuner, config, space, directory, storage)  # 5. fit, settle, the front
 
 
-def resume(directory: Path, address: str | None = None) -> Outcome:
-    """Finish the search in `directory` after Ctrl-C or a killed driver."""
+def locate(location: str) -> tuple[Path, Storage]:
+    """The driver's experiment folder and the storage of the search at `location`: an experiment
+    folder, or a storage URI (`<storage>/<name>`), whose driver folder is `runs/<name>`."""
+    if is_uri(location):
+        storage = Storage(location.rstrip("/"))
+        return storage.driver_folder(), storage
+    directory = Path(location).resolve()
+    marker = directory / STORAGE_FILE
+    root = marker.read_text().strip() if marker.is_file() else str(directory)
+    return directory, Storage(root)
+
+
+def resume(location: str, address: str | None = None) -> Outcome:
+    """Finish the search at `location` (its folder, or its storage URI from a new driver) after
+    Ctrl-C or a lost driver."""
     from ray import tune
 
-    config, space = load_experiment(directory)
+    directory, storage = locate(location)
+    if storage.remote and not (directory / EXPERIMENT_FILE).is_file():
+        log.info("resuming from %s: its study and ledger copied into %s", storage.root, directory)
+        pull(storage, directory, DRIVER_FILES)
+        if (directory / EXPERIMENT_FILE).is_file():
+            write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
+    config, space = load_experiment(directory, storage)
     if len(Ledger.load(directory).records) >= config.search.num_samples:
         log.info("%s: the search has finished (%d trials)", directory, config.search.num_samples)
         return _outcome(directory, config, space)
@@ -79,33 +121,57 @@ def resume(directory: Path, address: str | None = None) -> Outcome:
         check_resources(config.search)
         settle_study(directory, config)  # orphans of the lost driver: FAIL, never RUNNING
         tuner = tune.Tuner.restore(
-            str(directory / RAY_DIR),
-            trainable=trainable(config, space, directory),
+            storage.uri(RAY_DIR),
+            trainable=trainable(config, space, storage),
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,
         )
-        return fit(tuner, config, space, directory)
+        _remove_orphans(tuner, storage)
+        return fit(tuner, config, space, directory, storage)
 
 
-def load_experiment(directory: Path) -> tuple[ExperimentConfig, Space]:
+def _remove_orphans(tuner: tune.Tuner, storage: Storage) -> None:
+    """Remove the folders of trials the lost driver started after Ray's last snapshot: the
+    restored Ray does not know them (the study has them as FAIL, the ledger not at all), and
+    their checkpoints would only take room."""
+    results = tuner.get_results()
+    known = {Path(results[index].path).name for index in range(len(results))}
+    for name in storage.folders(RAY_DIR, prefix="trial_"):
+        if name not in known:
+            log.info("%s: a trial the lost driver started after Ray's last snapshot; removed", name)
+            storage.delete_folder(f"{RAY_DIR}/{name}")
+
+
+def load_experiment(
+    directory: Path, storage: Storage | None = None
+) -> tuple[ExperimentConfig, Space]:
     """The experiment and space of a search folder, or one clear error when it is not one."""
-    if (
-        not (directory / EXPERIMENT_FILE).is_file()
-        or not (directory / RAY_DIR / TUNER_FILE).is_file()
-    ):
+    storage = storage or locate(str(directory))[1]
+    if not (directory / EXPERIMENT_FILE).is_file() or not storage.exists(f"{RAY_DIR}/{TUNER_FILE}"):
+        where = f"{storage.root}: " if storage.remote else ""
         raise InputError(
-            f"{directory}: not a search folder (no {EXPERIMENT_FILE} and {RAY_DIR}/{TUNER_FILE})"
+            f"{directory}: not a search folder (no {EXPERIMENT_FILE} and {where}"
+            f"{RAY_DIR}/{TUNER_FILE})"
         )
     config = load_config(directory / EXPERIMENT_FILE)
     return config, build_space(config, str(directory / EXPERIMENT_FILE))
 
 
-def fit(tuner: tune.Tuner, config: ExperimentConfig, space: Space, directory: Path) -> Outcome:
+def fit(
+    tuner: tune.Tuner,
+    config: ExperimentConfig,
+    space: Space,
+    directory: Path,
+    storage: Storage,
+) -> Outcome:
+    if space.touches_dense:
+        claims = dense.start_claims(config.name)  # noqa: F841 (alive while the trials run)
     try:
         tuner.fit()
     finally:
         settle_study(directory, config)
+        push(directory, storage, DRIVER_FILES)
     return _outcome(directory, config, space)
 
 
@@ -155,20 +221,36 @@ def _check_new_experiment_dir(directory: Path) -> None:
             directory.rmdir()
 
 
-def make_dense(config: ExperimentConfig, space: Space) -> None:
-    """Generate the data and make the experiment's dense model before any trial starts, so trials
-    reuse it from the cache; a space that changes the dense stage leaves it to its trials."""
-    from yolov2.engine import load_splits
-    from yolov2.pipeline import cached_dense
-
-    splits = load_splits(config.data)
+def make_dense(
+    config: ExperimentConfig, space: Space, storage: Storage | None, on_cluster: bool = False
+) -> None:
+    """Generate the data and make the experiment's dense model before any trial starts (none can
+    hold a slot it needs), and publish it in the storage (unless None: the cache only), where
+    every trial's node finds it; a space that changes the dense stage leaves each of its dense
+    configs to the first trial that needs it. Locally it runs here, with every core; on a
+    cluster, as a Ray task with a trial's resources on whichever node has them."""
     if space.touches_dense:
-        log.info(
-            "the space changes the dense stage: each distinct dense config is made once, by a trial"
-        )
+        if storage is not None:
+            log.info(
+                "the space changes the dense stage: each distinct one is made once, by a trial"
+            )
         return
-    dense = cached_dense(config, splits)
-    log.info("dense stage ready: map %.4f (%s)", dense.map, dense.checkpoint)
+    if storage is not None and dense.published(storage, dense.store_key(config)):
+        log.info("dense stage %s: in %s already", dense.store_key(config), storage.root)
+        return
+    if not on_cluster:
+        dense_map = dense.make(config, storage, str(default_cache()))
+    else:
+        import ray
+
+        search = config.search
+        task = ray.remote(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)(
+            dense.make
+        )
+        log.info("dense stage: made on the cluster by a task with a trial's resources")
+        dense_map = ray.get(task.remote(config, storage, str(default_cache())))
+    where = storage.uri(dense.STORE) if storage is not None else "the cache"
+    log.info("dense stage ready: map %.4f, in %s", dense_map, where)
 
 
 @contextlib.contextmanager
@@ -176,7 +258,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     """A Ray instance of our own on 127.0.0.1 only (never a cluster an earlier `ray start` left on
     this machine), or the cluster at `address`; shut down afterwards either way."""
     if address is None:
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray listener on loopback
+        _loopback_only()
     # Trials checkpoint every epoch; Ray's warning about frequent snapshots is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its reporter prints even when verbose=0
@@ -197,6 +279,16 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _loopback_only() -> None:
+    """Every listener of the Ray we start binds 127.0.0.1. Ray reads the switch once, when it is
+    first imported (our searcher's import has done that by now): the environment carries it to
+    the processes Ray starts, the constant to this one."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def check_resources(search: SearchConfig) -> None:
@@ -223,20 +315,23 @@ def check_resources(search: SearchConfig) -> None:
         )
 
 
-def trainable(config: ExperimentConfig, space: Space, directory: Path) -> Any:
+def trainable(config: ExperimentConfig, space: Space, storage: Storage) -> Any:
     from ray import tune
 
     bound = tune.with_parameters(
         run_trial,
         experiment=config.model_dump(mode="json"),
         space=space,
-        ray_dir=str(directory / RAY_DIR),
+        storage=storage.root,
+        driver_cache=str(default_cache()),
     )
     search = config.search
     return tune.with_resources(bound, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
 
 
-def build_tuner(config: ExperimentConfig, space: Space, directory: Path) -> tune.Tuner:
+def build_tuner(
+    config: ExperimentConfig, space: Space, directory: Path, storage: Storage
+) -> tune.Tuner:
     from ray import tune
 
     search = config.search
@@ -248,9 +343,10 @@ def build_tuner(config: ExperimentConfig, space: Space, directory: Path) -> tune
         sampler=make_sampler(search, len(search.known_points)),
         study_name=config.name,
         storage=study_storage(directory),
+        search_storage=storage.root,
     )
     return tune.Tuner(
-        trainable(config, space, directory),
+        trainable(config, space, storage),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=search.num_samples,
@@ -260,10 +356,13 @@ def build_tuner(config: ExperimentConfig, space: Space, directory: Path) -> tune
         ),
         run_config=tune.RunConfig(
             name=RAY_DIR,
-            storage_path=str(directory),
-            callbacks=[SearchViews(directory, config, space), TrialCurves()],
+            storage_path=storage.root,
+            callbacks=[SearchViews(config, space, storage.root), TrialCurves()],
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Every checkpoint folder stays: a restored snapshot may name an older one than the
+            # newest, and Ray cannot restore a trial whose named checkpoint is gone. The trials
+            # remove the old training states themselves (trainable._trim_states).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=0,  # our progress line instead of Ray's tables (Ray's results are in the folder)
         ),
     )
@@ -320,6 +419,22 @@ class FrontSearch(OptunaSearch):
     must not reach the front nor the sampler), FAIL for an error or a non-finite value. A trial
     resumed after the study was settled completes as a new study trial with its values."""
 
+    def __init__(self, *args: Any, search_storage: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._search_storage = search_storage  # the search's storage root: the driver's folder
+
+    def restore(self, checkpoint_path: str) -> None:
+        """The searcher as a lost driver saved it, bound to this driver's study (a new driver's
+        folder holds the copy it resumed from, and the saved state names the old one)."""
+        import optuna
+
+        super().restore(checkpoint_path)
+        self._storage = study_storage(Storage(self._search_storage).driver_folder())
+        sampler = self._ot_study.sampler if self._ot_study is not None else None
+        self._ot_study = optuna.load_study(  # type: ignore[assignment]
+            study_name=self._study_name, storage=self._storage, sampler=sampler
+        )
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         params: dict[str, Any] | None = super().suggest(trial_id)
         if trial_id in self._ot_trials:
@@ -331,9 +446,8 @@ class FrontSearch(OptunaSearch):
     ) -> None:
         import optuna
 
-        ot_trial = self._ot_trials.get(trial_id)
         study = self._ot_study
-        if trial_id in self._completed_trials or ot_trial is None or study is None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or study is None:
             return
         State = optuna.trial.TrialState
         values = [(result or {}).get(metric) for metric in list(self._metric or [])]
@@ -343,10 +457,18 @@ class FrontSearch(OptunaSearch):
         elif not (result or {}).get(DONE):
             state = State.PRUNED
         told = [float(v) for v in values if v is not None] if state == State.COMPLETE else None
-        frozen = study.get_trials(deepcopy=False)[ot_trial.number]
-        if not frozen.state.is_finished():
-            study.tell(ot_trial, told, state=state)
-        elif state == State.COMPLETE and frozen.state == State.FAIL:  # settled as interrupted
+        # The study's entries of this Ray trial, found by the id `suggest` recorded (numbers
+        # differ between a lost driver's study and the copy a new driver resumed from).
+        entries = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("ray_trial_id") == trial_id
+        ]
+        running = [t for t in entries if not t.state.is_finished()]
+        if running:
+            study.tell(running[0].number, told, state=state)
+        elif state == State.COMPLETE and entries and all(t.state == State.FAIL for t in entries):
+            frozen = entries[-1]  # settled as interrupted: completes as a new entry
             study.add_trial(
                 optuna.trial.create_trial(
                     params=frozen.params,
@@ -354,5 +476,9 @@ class FrontSearch(OptunaSearch):
                     values=told,
                     user_attrs={**frozen.user_attrs, "resumed": True, "interrupted": False},
                 )
+            )
+        elif not entries:
+            log.warning(
+                "trial %s: not in the study (its driver was lost first); not told", trial_id
             )
         self._completed_trials.add(trial_id)

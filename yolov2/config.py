@@ -350,6 +350,10 @@ RUNTIME_KNOBS: dict[type[BaseModel], frozenset[str]] = {
 def shaping(section: BaseModel) -> dict[str, Any]:
     """The fields of `section` that shape the weights, recursively, as JSON-ready values."""
     skipped = RUNTIME_KNOBS.get(type(section), frozenset())
+    if isinstance(section, DataConfig) and section.synthetic is not None:
+        # Generated data is known by its recipe, wherever a machine caches it (a cluster's nodes
+        # each keep their own); real data by where it lives.
+        skipped = skipped | {"root"}
     kept: dict[str, Any] = {}
     for name in type(section).model_fields:
         if name in skipped:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from search.storage import Storage
 from search.trainable import CHECKPOINT_FILE, _final_checkpoint, trial_resources
 from yolov2.pipeline import METRICS_FILE
 
@@ -23,19 +24,25 @@ def test_threads_and_loader_workers_fit_inside_the_trial_cpus(
     assert threads + workers <= max(1, int(cpus))
 
 
-def test_the_final_checkpoint_is_found_in_the_storage_and_only_when_done(tmp_path: Path) -> None:
-    trial = tmp_path / "trial_abc"
-    assert _final_checkpoint(trial) is None
+@pytest.mark.parametrize("uri", [False, True])
+def test_the_final_checkpoint_is_found_in_the_storage_and_only_when_done(
+    tmp_path: Path, uri: bool
+) -> None:
+    storage = Storage(f"file://{tmp_path}" if uri else str(tmp_path))
+    trial = tmp_path / "ray" / "trial_abc"
+    assert _final_checkpoint(storage, "abc") is None
     epoch = trial / "checkpoint_000000"
     epoch.mkdir(parents=True)
     (epoch / METRICS_FILE).write_text(json.dumps({"map": 0.5, "done": False}))
     (epoch / CHECKPOINT_FILE).write_bytes(b"x")
-    assert _final_checkpoint(trial) is None
+    assert _final_checkpoint(storage, "abc") is None
     final = trial / "checkpoint_000001"
     final.mkdir()
     (final / METRICS_FILE).write_text(json.dumps({"map": 0.6, "done": True}))
-    assert _final_checkpoint(trial) is None  # no model file: not a finished trial's checkpoint
+    assert (
+        _final_checkpoint(storage, "abc") is None
+    )  # no model file: not a finished trial's checkpoint
     (final / CHECKPOINT_FILE).write_bytes(b"x")
-    found = _final_checkpoint(trial)
+    found = _final_checkpoint(storage, "abc")
     assert found is not None
     assert Path(found.path) == final

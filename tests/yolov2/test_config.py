@@ -484,6 +484,18 @@ def test_digest_changes_with_its_sections_only(
     assert base.digest(*unchanged) == other.digest(*unchanged)
 
 
+def test_generated_data_is_known_by_its_recipe_and_real_data_by_its_place(tmp_path: Path) -> None:
+    """A cluster's nodes cache generated data where each likes: one digest for all of them."""
+    path = _write(tmp_path, "data:\n  synthetic: {num_trainval: 8, num_test: 4}\n")
+    here = load_config(path, ["data.root=${cache}/synthetic/VOCdevkit", "cache_dir=/node/a"])
+    there = load_config(path, ["data.root=${cache}/synthetic/VOCdevkit", "cache_dir=/node/b"])
+    assert here.data.root != there.data.root
+    assert here.digest("data") == there.digest("data")
+    assert here.digest("data") != load_config(path, ["data.synthetic.seed=1"]).digest("data")
+    real = _write(tmp_path, "data:\n  root: voc\n", "real.yaml")
+    assert load_config(real).digest("data") != load_config(real, ["data.root=voc2"]).digest("data")
+
+
 @pytest.mark.parametrize("text", ["", FULL_YAML])
 def test_write_resolved_loads_back_equal(tmp_path: Path, text: str) -> None:
     config = load_config(_write(tmp_path, text, "experiments/exp.yaml"), ["train.lr=3e-4"])

@@ -1,0 +1,180 @@
+"""Where a search keeps what outlives its driver: a local folder, or a URI that Ray Tune accepts
+(a shared filesystem's path, `file://`, `s3://`, `gs://`; pyarrow's filesystems reach it).
+
+With a local folder the experiment folder is the storage. With a URI the driver keeps the study
+(SQLite wants a local disk), the ledger and the views in a local folder and copies them into the
+storage after every finished trial, so that a new driver resumes from the storage alone; Ray's
+experiment and the dense stage live in the storage itself, where every node reaches them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from yolov2.errors import InputError
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+
+EXPERIMENT_FILE = "experiment.yaml"  # the resolved experiment
+STUDY_FILE = "study.db"  # the Optuna study
+LEDGER_FILE = "trials.json"  # every finished trial (search.pareto.Ledger)
+# What the driver keeps and copies into a remote storage after every finished trial.
+DRIVER_FILES = (EXPERIMENT_FILE, STUDY_FILE, LEDGER_FILE)
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def join(location: str, *parts: str) -> str:
+    if is_uri(location):
+        return "/".join([location.rstrip("/"), *parts])
+    return str(Path(location).joinpath(*parts))
+
+
+@dataclass(frozen=True)
+class Storage:
+    """One experiment's storage: `<storage>/<name>`, a local folder's absolute path or a URI."""
+
+    root: str
+
+    @property
+    def remote(self) -> bool:
+        return is_uri(self.root)
+
+    def driver_folder(self) -> Path:
+        """Where the driver keeps the study, the ledger and the views: the storage itself when
+        it is a folder; `runs/<name>` in the driver's working folder when it is a URI."""
+        if not self.remote:
+            return Path(self.root)
+        return (Path("runs") / self.root.rstrip("/").rsplit("/", 1)[-1]).resolve()
+
+    def uri(self, relative: str) -> str:
+        return join(self.root, relative)
+
+    def relative(self, path: str) -> str:
+        """A path of Ray's (a checkpoint's, in the storage's filesystem) relative to the root."""
+        _, root = self._resolved("")
+        inside = Path(path)
+        return str(inside.relative_to(root) if inside.is_relative_to(root) else inside)
+
+    def _resolved(self, relative: str) -> tuple[pyarrow.fs.FileSystem, str]:
+        import pyarrow.fs
+
+        try:
+            resolved: tuple[pyarrow.fs.FileSystem, str] = pyarrow.fs.FileSystem.from_uri(
+                self.uri(relative)
+            )
+            return resolved
+        except (pyarrow.ArrowInvalid, OSError) as error:
+            raise InputError(f"{self.root}: not a storage Ray can use ({error})") from None
+
+    def exists(self, relative: str) -> bool:
+        import pyarrow.fs
+
+        filesystem, path = self._resolved(relative)
+        return bool(filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound)
+
+    def folders(self, relative: str, prefix: str = "") -> list[str]:
+        """The names of the folders in `relative` that start with `prefix`, sorted."""
+        import pyarrow.fs
+
+        filesystem, path = self._resolved(relative)
+        if filesystem.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+            return []
+        listed = filesystem.get_file_info(pyarrow.fs.FileSelector(path))
+        return sorted(
+            info.base_name
+            for info in listed
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(prefix)
+        )
+
+    def delete_folder(self, relative: str) -> None:
+        """Remove the folder `relative` and everything in it, if it is there."""
+        filesystem, path = self._resolved(relative)
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_dir(path)
+
+    def delete(self, relative: str) -> None:
+        """Remove the file `relative`, if it is there."""
+        filesystem, path = self._resolved(relative)
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_file(path)
+
+    def upload(self, local: Path, relative: str) -> None:
+        """Copy the file `local` to `relative`, replacing it whole (a partial copy never shows)."""
+        import pyarrow.fs
+
+        filesystem, path = self._resolved(relative)
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+        pyarrow.fs.copy_files(str(local), partial, destination_filesystem=filesystem)
+        try:
+            filesystem.move(partial, path)
+        finally:
+            with contextlib.suppress(OSError):
+                filesystem.delete_file(partial)
+
+    def download(self, relative: str, local: Path) -> bool:
+        """Copy `relative` to the file `local` (whole, or not at all); False when it is absent."""
+        import pyarrow.fs
+
+        from yolov2.files import atomic_path
+
+        filesystem, path = self._resolved(relative)
+        if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+            return False
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(local) as temporary:
+            pyarrow.fs.copy_files(path, str(temporary), source_filesystem=filesystem)
+        return True
+
+    def check_writable(self) -> None:
+        """One clear line when the storage cannot be written, before any work starts."""
+        probe = Path(f"/tmp/prune-search-probe-{uuid.uuid4().hex[:8]}")
+        probe.write_text("")
+        try:
+            self.upload(probe, ".writable")
+            filesystem, path = self._resolved(".writable")
+            filesystem.delete_file(path)
+        except OSError as error:
+            raise InputError(f"{self.root}: cannot write the search's storage ({error})") from None
+        finally:
+            probe.unlink()
+
+
+def push(directory: Path, storage: Storage, names: tuple[str, ...]) -> None:
+    """Copy the driver's files `names` from `directory` into a remote storage; an SQLite study
+    through SQLite's backup, so the copy is consistent even while the study is in use."""
+    import sqlite3
+    import tempfile
+
+    if not storage.remote:
+        return
+    for name in names:
+        source = directory / name
+        if not source.is_file():
+            continue
+        if name.endswith(".db"):
+            with tempfile.TemporaryDirectory() as scratch:
+                copy = Path(scratch) / name
+                with (
+                    contextlib.closing(sqlite3.connect(source)) as live,
+                    contextlib.closing(sqlite3.connect(copy)) as snapshot,
+                ):
+                    live.backup(snapshot)
+                storage.upload(copy, name)
+        else:
+            storage.upload(source, name)
+
+
+def pull(storage: Storage, directory: Path, names: tuple[str, ...]) -> None:
+    """Copy `names` from a remote storage into a new driver's folder (those it holds)."""
+    for name in names:
+        storage.download(name, directory / name)

@@ -1,0 +1,280 @@
+"""The search on a real multi-node Ray cluster on one machine (`ray.cluster_utils.Cluster`: a head
+without CPUs and worker nodes, all on loopback), each node with a cache of its own: trials spread
+over the workers, the dense stage made once for the whole cluster and copied through the storage
+to nodes that never saw the driver's cache, two trials on one node's two (fake) GPUs, a node lost
+mid-trial, a killed driver resumed from the storage alone; and the cluster.yaml, validated
+offline, and the local search's listeners, on loopback only."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from search import dense
+from search.space import build_space
+from search.storage import Storage
+from search.tuner import _loopback_only, ray_session
+from tests.search.conftest import LEARNS, SMOKE, set_arguments
+from tests.search.test_search import SPACE, search
+from yolov2.config import load_config
+from yolov2.pipeline import run
+
+REPO = Path(__file__).resolve().parents[2]
+MiB = 2**20
+# The smoke search of test_search, its data and dense stage in each node's own default cache.
+OVERRIDES = ["data.root=${cache}/cluster-smoke/VOCdevkit", *LEARNS, SPACE]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from ray.cluster_utils import Cluster
+
+    _loopback_only()
+    caches = tmp_path_factory.mktemp("node-caches")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "object_store_memory": 100 * MiB},
+    )
+    workers = {name: _add_worker(cluster, caches, name) for name in ("a", "b")}
+    try:
+        yield {"cluster": cluster, "caches": caches, "workers": workers}
+    finally:
+        cluster.shutdown()
+
+
+def _add_worker(cluster: Any, caches: Path, name: str, **resources: Any) -> Any:
+    """A worker node whose processes see `caches/<name>` as their default cache."""
+    env = {"PRUNE_SEARCH_CACHE": str(caches / name)}
+    args = {"num_cpus": 1, "object_store_memory": 80 * MiB, **resources}
+    return cluster.add_node(env_vars=env, **args)
+
+
+def _run(cluster: dict[str, Any], storage: Path | str, name: str, *extra: str) -> Path:
+    code, _out, err = search(
+        ["run", str(SMOKE), "--address", cluster["cluster"].address, "--storage", str(storage),
+         "--name", name, *set_arguments([*OVERRIDES, *extra])]
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    return Path(str(storage).removeprefix("file://")) / name
+
+
+def _results(trial_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+
+
+def _node_of(cluster: dict[str, Any], shown: str) -> Any:
+    """The worker node a trial's `node` column names (host:node id prefix)."""
+    prefix = shown.rsplit(":", 1)[-1]
+    (node,) = [n for n in cluster["cluster"].worker_nodes if n.node_id.startswith(prefix)]
+    return node
+
+
+def test_trials_spread_over_the_workers_and_share_one_dense_stage(
+    cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    directory = _run(cluster, tmp_path, "spread", "search.num_samples=4", "search.max_concurrent=2")
+    table = pd.read_csv(directory / "trials.csv")
+    assert (table["state"] == "COMPLETE").all()
+    nodes = {_node_of(cluster, shown).node_id for shown in table["node"]}
+    assert nodes == {n.node_id for n in cluster["workers"].values()}  # both workers ran trials
+    # The dense stage was trained once in the whole cluster, by one node: the others copied it
+    # from the storage into a cache that never saw the driver's.
+    caches = cluster["caches"]
+    trained = list(caches.glob("*/dense/*/train_state.pt"))
+    assert len(trained) == 1
+    copied = [
+        p for p in caches.glob("*/dense/*/model.safetensors") if p.parent != trained[0].parent
+    ]
+    assert len(copied) == 1
+    assert (copied[0].parent / dense.MADE_FILE).is_file()
+    config = load_config(SMOKE, OVERRIDES)
+    key = dense.store_key(config)
+    assert dense.published(Storage(str(directory)), key)
+    assert not dense.local_folder(config).exists()  # the driver's cache was never used
+
+
+def test_two_trials_on_a_node_with_two_gpus_get_one_gpu_each(
+    cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    gpus = _add_worker(cluster["cluster"], cluster["caches"], "gpus", num_gpus=2)
+    try:
+        directory = _run(
+            cluster, tmp_path, "gpus", "search.num_samples=2", "search.max_concurrent=2",
+            "search.known_points=[0.3, 0.5]", "search.cpus_per_trial=0.5",
+            "search.gpus_per_trial=1", "finetune.epochs=6",
+        )  # fmt: skip
+    finally:
+        cluster["cluster"].remove_node(gpus)
+    table = pd.read_csv(directory / "trials.csv", dtype={"gpu_ids": str})
+    assert sorted(table["gpu_ids"]) == ["0", "1"]
+    assert {shown.rsplit(":", 1)[-1] for shown in table["node"]} == {gpus.node_id[:8]}
+    spans = [
+        (rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"])
+        for rows in (_results(d) for d in sorted(directory.glob("ray/trial_*")))
+    ]
+    assert spans[0][0] <= spans[1][1]
+    assert spans[1][0] <= spans[0][1]
+
+
+def test_a_trial_whose_node_is_lost_carries_on_elsewhere_from_its_checkpoint(
+    cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    extra = (
+        "search.num_samples=1", "search.known_points=[0.3]", "search.max_failures=1",
+        "finetune.epochs=16",
+    )  # fmt: skip
+    outcome: dict[str, Any] = {}
+    searching = threading.Thread(
+        target=lambda: outcome.update(directory=_run(cluster, tmp_path, "lost", *extra))
+    )
+    searching.start()
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None and searching.is_alive():  # each epoch's checkpoint names its node
+        assert time.monotonic() < deadline
+        for saved in (tmp_path / "lost").glob("ray/trial_*/checkpoint_*/metrics.json"):
+            with contextlib.suppress(OSError, ValueError):  # one being written or removed
+                metrics = json.loads(saved.read_text())
+                if metrics.get("epoch", 0) >= 3 and not metrics["done"]:
+                    victim = _node_of(cluster, metrics["node"])
+        time.sleep(0.05)
+    assert victim is not None, "the trial ended before its node could be removed"
+    cluster["cluster"].remove_node(victim)
+    replacement = _add_worker(cluster["cluster"], cluster["caches"], "replacement")
+    searching.join(timeout=300)
+    assert not searching.is_alive()
+    assert "directory" in outcome
+    directory = outcome["directory"]
+    (trial_dir,) = directory.glob("ray/trial_*")
+    rows = _results(trial_dir)
+    epochs = [row["epoch"] for row in rows if not row["done"]]
+    assert epochs == sorted(set(epochs))
+    assert epochs[-1] == 16
+    assert _node_of(cluster, rows[-1]["node"]).node_id != victim.node_id
+    assert replacement is not None
+    # The same trial without the fault: its map, exactly.
+    config = load_config(SMOKE, [*OVERRIDES, *extra])
+    space = build_space(config, str(SMOKE))
+    config = space.apply(config, json.loads((trial_dir / "params.json").read_text()))
+    config = config.model_copy(update={"data": config.data.model_copy(update={"workers": 0})})
+    dense.fetch(Storage(str(directory)), dense.store_key(config), config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = run(config, tmp_path / "reference")
+    finally:
+        torch.set_num_threads(threads)
+    assert rows[-1]["map"] == reference.metrics["map"]
+
+
+def _ledger(directory: Path) -> dict[str, Any]:
+    path = directory / "trials.json"
+    return (
+        {r["trial_id"]: r for r in json.loads(path.read_text())["trials"]} if path.exists() else {}
+    )
+
+
+def test_a_killed_driver_is_resumed_from_the_storage_alone(
+    cluster: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = f"file://{tmp_path / 'storage'}"
+    first, second = tmp_path / "driver-1", tmp_path / "driver-2"
+    first.mkdir()
+    second.mkdir()
+    command = [
+        sys.executable, "-m", "search.cli", "run", str(SMOKE), "--address",
+        cluster["cluster"].address, "--storage", storage, "--name", "killed",
+        *set_arguments([*OVERRIDES, "search.num_samples=5", "search.max_concurrent=2"]),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with (tmp_path / "driver.log").open("w") as log:
+        driver = subprocess.Popen(
+            command, cwd=first, stdout=log, stderr=log, env=env, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while len(_ledger(first / "runs" / "killed")) < 2 and driver.poll() is None:
+            assert time.monotonic() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    stored = Storage(f"{storage}/killed")
+    assert stored.exists("study.db")
+    assert stored.exists("trials.json")
+
+    monkeypatch.chdir(second)  # a new driver: nothing of the first one's folder
+    code, out, err = search(
+        ["resume", f"{storage}/killed", "--address", cluster["cluster"].address]
+    )
+    assert code == 0, err[-3000:]
+    directory = second / "runs" / "killed"
+    ledger = _ledger(directory)
+    assert len(ledger) == 5
+    assert all(r["state"] == "COMPLETE" for r in ledger.values())
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{directory / 'study.db'}")
+    states = [t.state for t in study.get_trials()]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 5
+    assert f"prune-search best {directory}" in out
+    code, _, err = search(["best", str(directory), "--out", str(tmp_path / "best.safetensors")])
+    assert code == 0, err  # its checkpoint comes from the storage
+    assert (tmp_path / "best.safetensors").stat().st_size > 0
+
+
+def test_cluster_yaml_passes_rays_own_validation() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    written = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    prepared = prepare_config(copy.deepcopy(written))
+    validate_config(prepared)
+    workers = prepared["available_node_types"]["gpu_worker"]
+    assert workers["resources"]["GPU"] == 1
+    assert prepared["available_node_types"]["head"]["resources"] == {"CPU": 0, "GPU": 0}
+    setup = " ".join(prepared["setup_commands"])
+    assert "ray[default,tune]==2.60.0" in setup
+    assert "-e ~/prune-search" in setup
+    starts = " ".join(prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"])
+    assert starts.count("RAY_AUTH_MODE=token") == 2
+    assert "disabled" not in starts
+    broken = copy.deepcopy(written)
+    broken["available_node_types"]["gpu_worker"]["min_workers"] = "none"
+    with pytest.raises(Exception, match="not of type 'integer'"):
+        validate_config(prepare_config(broken))
+
+
+def test_a_local_search_listens_on_loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil  # type: ignore[import-untyped]
+    from ray._private import ray_constants
+
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)  # as Ray starts without us
+    with ray_session(None):
+        import ray
+
+        ray.get(ray.remote(lambda: 1).remote())  # a worker process, listening too
+        ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+        listening = [
+            c.laddr.ip
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in ours
+        ]
+    assert listening
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening), listening
