@@ -1,4 +1,5 @@
-"""The commands that search: `run`, `resume`, `pareto` and `best`, each parser beside its function.
+"""The commands that search: `run`, `resume`, `pareto`, `best` and `refine`, each parser beside
+its function.
 
 Ray and Optuna are imported inside the functions, so `prune-search <other command> --help` stays
 fast; `pareto` and `best` read the experiment folder alone and never start Ray.
@@ -122,7 +123,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from search.pareto import format_table
 
     directory = args.experiment_dir.resolve()
-    front = _front(directory, args.cost)
+    front = _front(directory, args.cost, args.front)
     print(_summary(front))
     print(format_table(front))
     print(_failures(front), end="")
@@ -161,23 +162,34 @@ def add_pareto(commands: Any) -> None:
     p.add_argument("--plot", type=Path, help="write map against the cost as a PNG")
     p.add_argument("--cost", choices=["size_mb", "gflops", "latency_ms"],
                    help="the cost axis (default: the search's own)")  # fmt: skip
+    _add_front_choice(p)
     p.set_defaults(run=cmd_pareto)
 
 
-def _front(directory: Path, cost: str | None) -> Front:
+def _front(directory: Path, cost: str | None, which: str = "searched") -> Front:
     from search.pareto import Ledger, pareto_front, trials_table
+    from search.refine import REFINED_LEDGER
+    from search.storage import LEDGER_FILE
     from search.tuner import load_experiment
 
     config, space = load_experiment(directory)
-    ledger = Ledger.load(directory)
+    name = REFINED_LEDGER if which == "refined" else LEDGER_FILE
+    if not (directory / name).is_file() and which == "refined":
+        raise InputError(f"{directory}: no refined front yet; `prune-search refine {directory}`")
+    ledger = Ledger.load(directory, name)
     return pareto_front(trials_table(ledger, space.columns), cost or config.search.cost)
+
+
+def _add_front_choice(p: Any) -> None:
+    p.add_argument("--front", choices=["searched", "refined"], default="searched",
+                   help="the searched front, or the one `refine` made (default: searched)")  # fmt: skip
 
 
 def cmd_best(args: argparse.Namespace) -> int:
     from search.pareto import budget_mask, knee, pareto_front
 
     directory = args.experiment_dir.resolve()
-    front = _front(directory, args.cost)
+    front = _front(directory, args.cost, args.front)
     budgets = {
         name: value
         for name, value in (
@@ -258,7 +270,37 @@ def add_best(commands: Any) -> None:
     p.add_argument("--cost", choices=["size_mb", "gflops", "latency_ms"],
                    help="the front's cost axis (default: the search's own)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
+    _add_front_choice(p)
     p.set_defaults(run=cmd_best)
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from search.pareto import format_table
+    from search.refine import REFINED_CSV, REFINED_PNG, REFINED_VIEWS, refine
+
+    directory = args.experiment_dir.resolve()
+    searched, refined = refine(directory, args.epochs)
+    before = searched.table.set_index("trial_id")["map"]
+    print(_summary(refined))
+    print(format_table(refined))
+    print("map searched -> refined, for each point of the searched front:")
+    for _, row in refined.table.iterrows():
+        print(f"  {row['trial_id']}: {before.get(row['trial_id'], float('nan')):.4f} -> "
+              f"{row['map']:.4f}{'' if row['pareto'] else '  (not on the refined front)'}")  # fmt: skip
+    print(
+        f"\nrefined: {directory / REFINED_CSV}   plot: {directory / REFINED_PNG}   "
+        f"tensorboard: {directory / REFINED_VIEWS}\n"
+        f"  prune-search best {directory} --front refined --pick knee --out best.safetensors"
+    )
+    return 0
+
+
+def add_refine(commands: Any) -> None:
+    p = commands.add_parser("refine", help="finetune the front's points longer: the refined front")
+    p.add_argument("experiment_dir", type=Path, help="the experiment folder (<storage>/<name>)")
+    p.add_argument("--epochs", type=_positive,
+                   help="finetune epochs of each point (default: 3x the search's)")  # fmt: skip
+    p.set_defaults(run=cmd_refine)
 
 
 def _positive(text: str) -> int:
@@ -269,5 +311,5 @@ def _positive(text: str) -> int:
 
 
 def add_search_commands(commands: Any) -> None:
-    for add in (add_run, add_resume, add_pareto, add_best):
+    for add in (add_run, add_resume, add_pareto, add_best, add_refine):
         add(commands)

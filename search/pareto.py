@@ -58,21 +58,27 @@ class TrialRecord:
 class Ledger:
     """The finished trials of one experiment folder, saved whole after every change."""
 
-    def __init__(self, directory: Path, records: dict[str, TrialRecord] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        records: dict[str, TrialRecord] | None = None,
+        name: str = LEDGER_FILE,
+    ) -> None:
         self.directory = directory
         self.records: dict[str, TrialRecord] = records or {}
+        self.name = name  # trials.json, or refined.json for the refined front
 
     @classmethod
-    def load(cls, directory: Path) -> Ledger:
-        path = directory / LEDGER_FILE
+    def load(cls, directory: Path, name: str = LEDGER_FILE) -> Ledger:
+        path = directory / name
         if not path.exists():
-            return cls(directory)
+            return cls(directory, name=name)
         try:
             raw = json.loads(path.read_text())
             records = {r["trial_id"]: TrialRecord(**r) for r in raw["trials"]}
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise InputError(f"{path}: not a trial ledger of prune-search ({error})") from None
-        return cls(directory, records)
+        return cls(directory, records, name)
 
     def record(self, record: TrialRecord) -> None:
         """Add or replace (a trial that finished again after a resume keeps its first place)."""
@@ -80,7 +86,7 @@ class Ledger:
         record.order = previous.order if previous else len(self.records) + 1
         self.records[record.trial_id] = record
         trials = [asdict(r) for r in sorted(self.records.values(), key=lambda r: r.order)]
-        write_text_atomic(self.directory / LEDGER_FILE, json.dumps({"trials": trials}, indent=1))
+        write_text_atomic(self.directory / self.name, json.dumps({"trials": trials}, indent=1))
 
     def completed(self) -> list[TrialRecord]:
         return [r for r in self.records.values() if r.state == COMPLETE]

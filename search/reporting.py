@@ -33,6 +33,7 @@ from search.pareto import (
 )
 from search.space import Space, is_finite
 from search.storage import DRIVER_FILES, Storage, push
+from search.trainable import FINISHED
 from yolov2.config import ExperimentConfig
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class SearchViews(Callback):
         objectives = [result.get("map"), result.get(self.config.search.cost)]
         if not all(is_finite(v) for v in objectives):
             state, error = FAILED, "its last report has no finite map and cost"
-        elif not result.get("done"):
+        elif not result.get(FINISHED):
             state, error = STOPPED, ""
         else:
             state, error = COMPLETE, ""
@@ -130,7 +131,8 @@ def progress_line(trials: list[Trial], front: Front, record: TrialRecord) -> str
     states = [t.status for t in trials]
     running, pending = states.count("RUNNING"), states.count("PENDING")
     done = int((front.table["state"] == COMPLETE).sum())
-    failed = len(front.table) - done
+    stopped = int((front.table["state"] == STOPPED).sum())
+    failed = len(front.table) - done - stopped
     cost = front.cost
     if record.state == COMPLETE:
         outcome = (
@@ -140,10 +142,12 @@ def progress_line(trials: list[Trial], front: Front, record: TrialRecord) -> str
         outcome = record.error or "stopped early"
     best = front.table.loc[front.table["state"] == COMPLETE, "map"]
     best_text = f"best map {best.max():.4f}" if len(best) else "no map yet"
+    stopped_text = f"{stopped} stopped early, " if stopped else ""
     return (
         f"trial {record.trial_id} {record.state}: {outcome} | {done} done, {failed} failed, "
-        f"{running} running, {pending} pending | {best_text} | front {len(front.points)} points, "
-        f"hypervolume {front.normalised_hypervolume:.3f} of the dense model's"
+        f"{stopped_text}{running} running, {pending} pending | {best_text} | front "
+        f"{len(front.points)} points, hypervolume {front.normalised_hypervolume:.3f} of the dense "
+        "model's"
     )
 
 
@@ -164,16 +168,21 @@ def _shown(params: dict[str, Any]) -> str:
 
 
 def write_views(
-    directory: Path, front: Front, columns: tuple[str, ...], record: TrialRecord
+    directory: Path,
+    front: Front,
+    columns: tuple[str, ...],
+    record: TrialRecord,
+    views: str = VIEWS_DIR,
 ) -> None:
-    """The finished trial's hparams, and the front figure and hypervolume at this many trials."""
+    """The finished trial's hparams, and the front figure and hypervolume at this many trials,
+    under `views` (tensorboard/, or tensorboard/refined/ for the refined front)."""
     from torch.utils.tensorboard import SummaryWriter
 
     step = len(front.table)
-    with SummaryWriter(str(directory / VIEWS_DIR / "trials" / record.trial_id)) as writer:
+    with SummaryWriter(str(directory / views / "trials" / record.trial_id)) as writer:
         for summary in hparams_summaries(record, columns):
             writer.file_writer.add_summary(summary)
-    with SummaryWriter(str(directory / VIEWS_DIR / "front")) as writer:
+    with SummaryWriter(str(directory / views / "front")) as writer:
         writer.add_scalar("pareto/hypervolume", front.hypervolume, step)
         writer.add_scalar("pareto/hypervolume_normalised", front.normalised_hypervolume, step)
         writer.add_scalar("pareto/front_size", len(front.points), step)

@@ -2,12 +2,12 @@
 
 Every finetune epoch goes to Ray Tune through the pipeline's report callback, with both objectives
 (`map` as last evaluated, and the pruned model's costs) and a checkpoint of the finetune's training
-state; the last report holds every metric and the pruned checkpoint, and says `done`.
+state; the last report holds every metric and the pruned checkpoint, and says `finished`.
 
 Restored from a checkpoint (a node lost mid-trial, or a driver lost: Ray starts the trial again,
 on any node), a trial carries on where its checkpoint was: a training state goes back into the
 finetune's folder and the pipeline resumes from it (the same epochs, the same result as without
-the fault); a checkpoint that says `done` (the driver died after the trial ended but before its
+the fault); a checkpoint that says `finished` (the driver died after the trial ended but before its
 snapshot) is reported again at once instead of training again.
 """
 
@@ -30,7 +30,9 @@ from yolov2.engine import STATE_FILE
 from yolov2.pipeline import METRICS_FILE, run
 
 CHECKPOINT_FILE = "model.safetensors"
-DONE = "done"
+# The trial ran its pipeline to the end (its final report). Not "done": Ray sets that on the last
+# result of every ended trial, one a scheduler stopped included.
+FINISHED = "finished"
 REPLAYED = "replayed"  # a finished trial's result reported again from its checkpoint
 RAY_DIR = "ray"  # Ray Tune's experiment, inside the search's storage
 KEEP_STATES = 2  # finetune training states kept per trial: the newest epochs' (_trim_states)
@@ -78,12 +80,18 @@ def run_trial(
     torch.set_num_threads(threads)
     config = space.apply(ExperimentConfig.model_validate(experiment), params)
     config = config.model_copy(update={"data": config.data.model_copy(update={"workers": workers})})
+    if (
+        config.search.early_stop is not None
+    ):  # evaluate where the stopper compares (a run-time knob)
+        every = config.search.early_stop.every
+        finetune = config.finetune.model_copy(update={"eval_every": every})
+        config = config.model_copy(update={"finetune": finetune})
     local = dense.for_trial(config, shared, driver_cache, trial_id)
     placement = {**_placement(), "trial_id": trial_id}
     finetune_dir = out / f"finetune_{config.prune.iterations}"
 
     def report(metrics: dict[str, Any]) -> None:
-        scalars = {**_scalars(metrics), **placement, DONE: False}
+        scalars = {**_scalars(metrics), **placement, FINISHED: False}
         with tempfile.TemporaryDirectory() as staging:
             shutil.copy2(finetune_dir / STATE_FILE, Path(staging) / STATE_FILE)
             state = {**scalars, "finetune_dir": finetune_dir.name}
@@ -93,7 +101,7 @@ def run_trial(
 
     result = run(local, out, report)
     dense.after_trial(config, shared, driver_cache)
-    final = {**_scalars(result.metrics), **placement, DONE: True}
+    final = {**_scalars(result.metrics), **placement, FINISHED: True}
     if not is_finite(final["map"]):
         final["map"] = 0.0  # a collapsed model scores nothing; NaN would leave the study RUNNING
     with tempfile.TemporaryDirectory() as staging:
@@ -156,7 +164,7 @@ def _finished(directory: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     metrics: dict[str, Any] = json.loads(path.read_text())
-    return metrics if metrics.get(DONE) else None
+    return metrics if metrics.get(FINISHED) else None
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.search.optuna import OptunaSearch
 
 from search import dense
+from search.early_stop import FrontStopper
 from search.pareto import Front, Ledger, pareto_front, trials_table
 from search.reporting import SearchViews, TrialCurves, front_figure
 from search.space import Space, build_space, is_finite, sample
@@ -33,7 +34,7 @@ from search.storage import (
     pull,
     push,
 )
-from search.trainable import DONE, RAY_DIR, run_trial
+from search.trainable import FINISHED, RAY_DIR, run_trial
 from yolov2.config import ExperimentConfig, SearchConfig, default_cache, load_config
 from yolov2.errors import InputError
 from yolov2.files import atomic_path, write_text_atomic
@@ -351,6 +352,7 @@ def build_tuner(
             search_alg=searcher,
             num_samples=search.num_samples,
             max_concurrent_trials=search.max_concurrent,
+            scheduler=FrontStopper(search.cost, search.early_stop) if search.early_stop else None,
             trial_dirname_creator=trial_dirname,
             reuse_actors=True,  # a new trial starts in a warm worker: torch imported, data read
         ),
@@ -454,7 +456,7 @@ class FrontSearch(OptunaSearch):
         state = State.COMPLETE
         if error or not all(is_finite(v) for v in values):
             state = State.FAIL
-        elif not (result or {}).get(DONE):
+        elif not (result or {}).get(FINISHED):
             state = State.PRUNED
         told = [float(v) for v in values if v is not None] if state == State.COMPLETE else None
         # The study's entries of this Ray trial, found by the id `suggest` recorded (numbers

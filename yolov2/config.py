@@ -279,6 +279,18 @@ def _default_space() -> dict[str, Searched]:
     }
 
 
+class EarlyStopConfig(Section):
+    """Stop a trial whose map, at its cost, is clearly dominated by the completed trials at the
+    same finetune epoch: every `every` epochs the finetune evaluates, and a trial stops when a
+    completed trial of no more cost had a map at least `margin` higher at that epoch (with at
+    least `min_completed` completed trials to compare with). Stopped trials are PRUNED in the
+    study and never on the front; their slots go to new trials."""
+
+    every: int = Field(2, ge=1)
+    margin: float = Field(0.02, ge=0, le=1)
+    min_completed: int = Field(2, ge=1)
+
+
 class SearchConfig(Section):
     """The search: how many trials, how Optuna picks them, what each trial gets from Ray.
 
@@ -296,6 +308,7 @@ class SearchConfig(Section):
     gpus_per_trial: float = Field(0.0, ge=0)  # a fraction shares one GPU between trials
     max_failures: int = Field(0, ge=0)  # retries of a trial that errors (a lost node, say)
     known_points: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.3, 0.5]
+    early_stop: EarlyStopConfig | None = None  # none: every trial runs its whole finetune
     space: dict[str, Searched] = Field(default_factory=_default_space)
 
     @field_validator("space")

@@ -151,7 +151,7 @@ def test_a_trial_whose_node_is_lost_carries_on_elsewhere_from_its_checkpoint(
         for saved in (tmp_path / "lost").glob("ray/trial_*/checkpoint_*/metrics.json"):
             with contextlib.suppress(OSError, ValueError):  # one being written or removed
                 metrics = json.loads(saved.read_text())
-                if metrics.get("epoch", 0) >= 3 and not metrics["done"]:
+                if metrics.get("epoch", 0) >= 3 and not metrics["finished"]:
                     victim = _node_of(cluster, metrics["node"])
         time.sleep(0.05)
     assert victim is not None, "the trial ended before its node could be removed"
@@ -163,7 +163,7 @@ def test_a_trial_whose_node_is_lost_carries_on_elsewhere_from_its_checkpoint(
     directory = outcome["directory"]
     (trial_dir,) = directory.glob("ray/trial_*")
     rows = _results(trial_dir)
-    epochs = [row["epoch"] for row in rows if not row["done"]]
+    epochs = [row["epoch"] for row in rows if not row["finished"]]
     assert epochs == sorted(set(epochs))
     assert epochs[-1] == 16
     assert _node_of(cluster, rows[-1]["node"]).node_id != victim.node_id

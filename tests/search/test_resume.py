@@ -74,7 +74,7 @@ def test_a_search_whose_driver_is_killed_resumes_to_the_end(
         results = [
             json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()
         ]
-        trained = sum(1 for r in results if r["done"] and not r.get("replayed"))
+        trained = sum(1 for r in results if r["finished"] and not r.get("replayed"))
         replayed = sum(1 for r in results if r.get("replayed"))
         # the killed driver may not have written its last lines; a replay says it had finished
         assert trained == 1 or (trained == 0 and replayed >= 1), trial_dir

@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +314,58 @@ def test_a_bad_space_is_one_line_before_ray_starts(tmp_path: Path) -> None:
     assert code == 2
     assert f"{SMOKE}: search.space.finetune.lrr: finetune.lrr is not a field" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_refine_finetunes_the_front_longer_beside_it_and_best_picks_from_either(
+    searched: dict[str, Any], tmp_path: Path
+) -> None:
+    directory = tmp_path / "copy"
+    shutil.copytree(searched["dir"], directory)  # the module's search stays as it was
+    code, out, err = search(["refine", str(directory), "--epochs", "6"])
+    assert code == 0, err
+    before = _table(directory)
+    points = before[before["pareto"]].set_index("trial_id")
+    refined = pd.read_csv(directory / "refined.csv").set_index("trial_id")
+    assert set(refined.index) == set(points.index)  # the searched front's points, each once
+    assert (refined["state"] == "COMPLETE").all()
+    pruned = refined[~refined["dense"].astype(bool)]
+    assert len(pruned)
+    assert (pruned["map"] != points.loc[pruned.index, "map"]).any()  # finetuned further
+    assert refined.loc[refined["dense"].astype(bool), "map"].tolist() == (
+        points.loc[points["dense"].astype(bool), "map"].tolist()
+    )  # the dense point as it was: the reference of both fronts
+    ledger = json.loads((directory / "refined.json").read_text())["trials"]
+    assert {r["metrics"].get("refine_epochs") for r in ledger if r["trial_id"] in pruned.index} == {
+        6
+    }
+    assert (directory / "refined.png").stat().st_size > 0
+    assert list((directory / "tensorboard" / "refined" / "front").glob("events.*"))
+    assert "map searched -> refined" in out
+    assert "--front refined" in out
+    # Refining again with as many epochs keeps every point: nothing is trained twice.
+    stamp = (directory / "refined.json").stat().st_mtime_ns
+    code, _, err = search(["refine", str(directory), "--epochs", "6"])
+    assert code == 0, err
+    assert (directory / "refined.json").stat().st_mtime_ns == stamp
+    # `best --front refined` hands out a refined checkpoint; eval reproduces its map exactly.
+    best = tmp_path / "best.safetensors"
+    code, out, err = search(
+        ["best", str(directory), "--front", "refined", "--pick", "best-map", "--out", str(best)]
+    )
+    assert code == 0, err
+    trial_id = out.split(":")[0]
+    assert refined.loc[trial_id, "pareto"]
+    code, out, err = search(["eval", str(best), "--json"])
+    assert code == 0, err
+    assert json.loads(out)["map"] == refined.loc[trial_id, "map"]
+
+
+def test_best_from_a_front_not_refined_yet_is_one_clear_line(
+    searched: dict[str, Any], tmp_path: Path
+) -> None:
+    code, _, err = search(
+        ["best", str(searched["dir"]), "--front", "refined", "--out", str(tmp_path / "x.safetensors")]
+    )  # fmt: skip
+    assert code == 2
+    assert "no refined front yet" in err
+    assert len(err.strip().splitlines()) == 1

@@ -33,12 +33,12 @@ def test_the_final_checkpoint_is_found_in_the_storage_and_only_when_done(
     assert _final_checkpoint(storage, "abc") is None
     epoch = trial / "checkpoint_000000"
     epoch.mkdir(parents=True)
-    (epoch / METRICS_FILE).write_text(json.dumps({"map": 0.5, "done": False}))
+    (epoch / METRICS_FILE).write_text(json.dumps({"map": 0.5, "finished": False}))
     (epoch / CHECKPOINT_FILE).write_bytes(b"x")
     assert _final_checkpoint(storage, "abc") is None
     final = trial / "checkpoint_000001"
     final.mkdir()
-    (final / METRICS_FILE).write_text(json.dumps({"map": 0.6, "done": True}))
+    (final / METRICS_FILE).write_text(json.dumps({"map": 0.6, "finished": True}))
     assert (
         _final_checkpoint(storage, "abc") is None
     )  # no model file: not a finished trial's checkpoint
