@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("prune-search")
 
 Command = Callable[[argparse.Namespace], int]
+SENSITIVITY_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def _image_size(text: str) -> int:
@@ -333,6 +334,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from yolov2.checkpoint import load_checkpoint
+    from yolov2.engine import load_splits
+    from yolov2.pipeline import config_of_checkpoint
+    from yolov2.sensitivity import analyse, checked_groups, checked_ratios, format_table, write
+
+    groups = checked_groups(args.groups)  # bad input fails before the model is read
+    ratios = checked_ratios(args.ratios)
+    model = load_checkpoint(args.checkpoint)
+    config = _load_config(args) if args.config else config_of_checkpoint(args.checkpoint, args.set)
+    table = analyse(model, config, load_splits(config.data), groups, ratios)
+    print(format_table(table))
+    paths = write(
+        table, args.out, title=f"{config.name} ({args.checkpoint.name}): each {groups} pruned alone"
+    )
+    log.info("wrote %s and %s", *paths)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from yolov2.checkpoint import checkpoint_letterbox, load_checkpoint
     from yolov2.viz import MAX_IMAGES, compare
@@ -548,6 +568,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(run=cmd_eval)
+
+    p = commands.add_parser(
+        "sensitivity",
+        help="map of a checkpoint with each stage or layer alone pruned at each ratio",
+        description="Prune each group (a stage, or a prunable layer) of the checkpoint alone at "
+        "each ratio, without finetuning, as its experiment's prune section prunes (method, "
+        "criterion, round_to, min_channels), and evaluate it: map, map drop, GFLOPs and GFLOPs "
+        "saved per group and ratio. Writes sensitivity.csv and sensitivity.png into --out.",
+    )
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--ratios", type=float, nargs="+", default=list(SENSITIVITY_RATIOS),
+                   metavar="R", help="ratios to prune each group at, in [0, 1) "
+                   "(default: 0.1 0.2 ... 0.7)")  # fmt: skip
+    p.add_argument("--groups", default="stage",
+                   help="stage (one group per stride, 6 for yolov2) or layer (each prunable "
+                   "convolution, 22 for yolov2); default: stage")  # fmt: skip
+    p.add_argument(
+        "--config", type=Path, help="experiment file (default: the one in the checkpoint)"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the experiment (--config's, or else the "
+                   "checkpoint's), e.g. --set prune.criterion=bn")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for sensitivity.csv and sensitivity.png")  # fmt: skip
+    p.set_defaults(run=cmd_sensitivity)
 
     p = commands.add_parser(
         "compare", help="the study's figures: boxes, weights and layers, before vs after"

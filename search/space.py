@@ -146,7 +146,10 @@ def build_space(config: ExperimentConfig, source: str) -> Space:
         names = (
             (prefix,) if count == 1 else tuple(f"{prefix}{i + 1:0{width}d}" for i in range(count))
         )
-    return Space(tuple(entries), ratios, names, layers)
+    space = Space(tuple(entries), ratios, names, layers)
+    if config.search.warm_start == "sensitivity":
+        _check_warm_start(config, space, f"{source}: search.warm_start")
+    return space
 
 
 def _checked_ratios(searched: Searched, where: str) -> Searched:
@@ -156,6 +159,24 @@ def _checked_ratios(searched: Searched, where: str) -> Searched:
     if searched.log or searched.integer or searched.when:
         raise InputError(f"{where}: ratios are a plain [low, high] range (no log, integer, when)")
     return searched
+
+
+def _check_warm_start(config: ExperimentConfig, space: Space, where: str) -> None:
+    """The warm start prunes each group of the searched ratios alone on the experiment's one dense
+    model, and its budgets are GFLOPs, which filter pruning removes."""
+    if space.ratios is None:
+        raise InputError(f"{where}: sensitivity needs {RATIOS} in search.space: its groups are "
+                         "what it measures")  # fmt: skip
+    if space.ratios.groups == "uniform":
+        raise InputError(f"{where}: sensitivity prunes each stage or layer alone, but {RATIOS} "
+                         "has groups uniform; search groups stage or layer")  # fmt: skip
+    if config.prune.method != "filter":
+        raise InputError(f"{where}: its budgets are GFLOPs to remove, which filter pruning "
+                         f"removes; prune.method is {config.prune.method}")  # fmt: skip
+    if space.touches_dense:
+        keys = ", ".join(k for k, _ in space.entries if k.split(".")[0] in DENSE_SECTIONS)
+        raise InputError(f"{where}: sensitivity is measured on the experiment's one dense model, "
+                         f"but search.space changes the dense stage ({keys})")  # fmt: skip
 
 
 def _check_condition(searched: Searched, earlier: dict[str, Searched], where: str) -> None:

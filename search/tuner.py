@@ -3,8 +3,9 @@ folder, and after every fit the study is settled (no trial of ours left RUNNING)
 written.
 
 `run` reads like its diagram: check the space, make the dense stage once with every core, start Ray,
-check the resources, build the searcher and the Tuner, fit, settle, front. `resume` restores the
-Tuner from the folder (the searcher comes back bound to the same study) and does the same.
+check the resources, plan the warm start (if asked), build the searcher and the Tuner, fit, settle,
+front. `resume` restores the Tuner from the folder (the searcher comes back bound to the same
+study) and does the same.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from search import dense
+from search import dense, warm_start
 from search.early_stop import FrontStopper
 from search.pareto import Front, Ledger, pareto_front, trials_table
 from search.reporting import SearchViews, TrialCurves, front_figure
@@ -83,12 +84,15 @@ def run(
         check_resources(config.search)
         # 2. into the storage (on a cluster, made first on a node with a trial's resources)
         make_dense(config, space, storage, on_cluster=address is not None)
+        # 4. the warm start, if asked: points chosen from the dense model's sensitivity
+        warm = warm_start.plan(config, space, storage, on_cluster=address is not None)
         directory.mkdir(parents=True, exist_ok=True)
         write_text_atomic(directory / EXPERIMENT_FILE, config.to_yaml())
+        push(directory, storage, tuple(path.name for path in warm.write(directory)))
         if storage.remote:
             write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
-        tuner = build_tuner(config, space, directory, storage)  # 4. searcher and Tuner
-        return fit(tuner, config, space, directory, storage)  # 5. fit, settle, the front
+        tuner = build_tuner(config, space, directory, storage, warm.points)  # 5. the Tuner
+        return fit(tuner, config, space, directory, storage)  # 6. fit, settle, the front
 
 
 def locate(location: str) -> tuple[Path, Storage]:
@@ -331,17 +335,25 @@ def trainable(config: ExperimentConfig, space: Space, storage: Storage) -> Any:
 
 
 def build_tuner(
-    config: ExperimentConfig, space: Space, directory: Path, storage: Storage
+    config: ExperimentConfig,
+    space: Space,
+    directory: Path,
+    storage: Storage,
+    warm_points: Sequence[dict[str, float]] = (),
 ) -> tune.Tuner:
+    """The searcher and the Tuner of a new search: the known points first, then the warm start's
+    (`points_to_evaluate` enqueues them in the study; built once, so never again on resume)."""
     from ray import tune
 
     search = config.search
+    known = space.known_points(search.known_points)
+    warm = [point for point in warm_points if point not in known]
     searcher = FrontSearch(
         space=partial(sample, space),
         metric=["map", search.cost],
         mode=["max", "min"],
-        points_to_evaluate=space.known_points(search.known_points)[: search.num_samples],
-        sampler=make_sampler(search, len(search.known_points)),
+        points_to_evaluate=[*known, *warm][: search.num_samples],
+        sampler=make_sampler(search, len(search.known_points) + len(warm)),
         study_name=config.name,
         storage=study_storage(directory),
         search_storage=storage.root,

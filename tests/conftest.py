@@ -43,3 +43,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _SANDBOX is not None:
         shutil.rmtree(_SANDBOX, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data set and dense cache of the smoke search experiment (tests/search/conftest.py's
+    `smoke_overrides`) for the session: the search tests and the sensitivity tests share it."""
+    return tmp_path_factory.mktemp("search-cache")

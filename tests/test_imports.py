@@ -8,7 +8,8 @@ import sys
 import pytest
 
 YOLOV2_MODULES = (
-    "yolov2, yolov2.checkpoint, yolov2.engine, yolov2.darknet, yolov2.data, yolov2.evaluate"
+    "yolov2, yolov2.checkpoint, yolov2.engine, yolov2.darknet, yolov2.data, yolov2.evaluate, "
+    "yolov2.sensitivity"
 )
 
 

@@ -297,7 +297,10 @@ class SearchConfig(Section):
     `space` maps a dotted path of the experiment (`finetune.lr`, `prune.method`, `loss.coord_scale`,
     `finetune_loss.object_scale`, ...) to how it is searched; search/space.py checks every path,
     range and ratio count against the experiment before Ray starts. `known_points` are uniform
-    pruning ratios evaluated first (0 is the dense model itself)."""
+    pruning ratios evaluated first (0 is the dense model itself). `warm_start: sensitivity` adds,
+    after them, one point per `warm_start_budgets` entry (a fraction of the dense model's GFLOPs
+    to remove): per-group ratios chosen greedily from the dense model's sensitivity to each group
+    of `prune.ratios` pruned alone (yolov2/sensitivity.py)."""
 
     num_samples: int = Field(12, ge=1)
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"  # multi-objective: map up, cost down
@@ -309,6 +312,8 @@ class SearchConfig(Section):
     max_failures: int = Field(0, ge=0)  # retries of a trial that errors (a lost node, say)
     known_points: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.3, 0.5]
     early_stop: EarlyStopConfig | None = None  # none: every trial runs its whole finetune
+    warm_start: Literal["none", "sensitivity"] = "none"
+    warm_start_budgets: list[Annotated[float, Field(gt=0, lt=1)]] = [0.3, 0.5, 0.7]
     space: dict[str, Searched] = Field(default_factory=_default_space)
 
     @field_validator("space")

@@ -48,13 +48,9 @@ def _loopback_ray() -> Iterator[None]:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = saved
 
 
-@pytest.fixture(scope="session")
-def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One data set and dense cache for every search test of the session."""
-    return tmp_path_factory.mktemp("search-cache")
-
-
 def smoke_overrides(cache: Path, *extra: str) -> list[str]:
+    """The smoke experiment that learns, its data and dense stage in `cache` (`smoke_cache`, of
+    tests/conftest.py: one for the session)."""
     return [f"cache_dir={cache}/cache", f"data.root={cache}/data/VOCdevkit", *LEARNS, *extra]
 
 

@@ -195,3 +195,53 @@ def test_every_named_sampler_runs_the_space_multi_objective(tmp_path: Path, name
         study.tell(trial, [1 - ratio + 0.01 * number, 1 - ratio])
     assert len(study.best_trials) >= 1
     assert all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+WARM = "search.warm_start=sensitivity"
+
+
+@pytest.mark.parametrize(
+    ("space", "overrides", "problem"),
+    [
+        (
+            "    finetune.lr: {low: 0.001, high: 0.01}\n",
+            (),
+            r"search\.warm_start: sensitivity needs prune\.ratios in search\.space",
+        ),
+        (
+            "    prune.ratios: {groups: uniform, low: 0.0, high: 0.5}\n",
+            (),
+            r"search\.warm_start: sensitivity prunes each stage or layer alone, but prune\.ratios "
+            r"has groups uniform",
+        ),
+        (
+            "    prune.ratios: {groups: stage, low: 0.0, high: 0.5}\n",
+            ("prune.method=weight",),
+            r"search\.warm_start: its budgets are GFLOPs to remove, which filter pruning removes; "
+            r"prune\.method is weight",
+        ),
+        (
+            "    prune.ratios: {groups: layer, low: 0.0, high: 0.5}\n"
+            "    loss.coord_scale: {low: 0.5, high: 2.0}\n",
+            (),
+            r"search\.warm_start: sensitivity is measured on the experiment's one dense model, "
+            r"but search\.space changes the dense stage \(loss\.coord_scale\)",
+        ),
+    ],
+)
+def test_a_warm_start_the_space_cannot_give_is_one_line_before_ray(
+    tmp_path: Path, space: str, overrides: tuple[str, ...], problem: str
+) -> None:
+    config, source = _config(tmp_path, "search:\n  space:\n" + space, WARM, *overrides)
+    with pytest.raises(InputError, match=problem) as caught:
+        build_space(config, source)
+    assert str(caught.value).startswith(f"{source}: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_warm_start_over_stages_is_accepted_and_its_budgets_checked(tmp_path: Path) -> None:
+    config, source = _config(tmp_path, SPACE, WARM)
+    assert config.search.warm_start_budgets == [0.3, 0.5, 0.7]
+    assert build_space(config, source).ratio_names == tuple(f"ratio.stage{i}" for i in range(1, 7))
+    with pytest.raises(InputError, match=r"search\.warm_start_budgets\.1: Input should be less"):
+        _config(tmp_path, SPACE, WARM, "search.warm_start_budgets=[0.5, 1.0]")
