@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.commands import DEFAULT_EXPERIMENT, add_search_commands
+from search.commands import DEFAULT_EXPERIMENT, add_search_commands, positive_int
 from yolov2.errors import InputError, TrainingDivergedError
 
 if TYPE_CHECKING:
@@ -27,13 +27,6 @@ def _image_size(text: str) -> int:
     value = int(text)
     if value <= 0 or value % 32:
         raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 32")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
     return value
 
 
@@ -524,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         "anchors", help="YOLOv2's dimension clusters: k-means anchors for an experiment's data"
     )
     _experiment_arguments(p)
-    p.add_argument("--num", type=_positive_int, default=0,
+    p.add_argument("--num", type=positive_int, default=0,
                    help="number of anchors (default: as many as the experiment has)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="k-means++ seed")
     p.set_defaults(run=cmd_anchors)
@@ -546,9 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     # else to the config's default; one the method does not use is refused.
     p.add_argument("--criterion", choices=["l1", "l2", "bn"],
                    help="filter pruning: what ranks a filter (default: the recorded experiment's, else l1)")  # fmt: skip
-    p.add_argument("--min-channels", type=_positive_int,
+    p.add_argument("--min-channels", type=positive_int,
                    help="filter pruning: the fewest filters a conv keeps (default: recorded, else 8)")  # fmt: skip
-    p.add_argument("--round-to", type=_positive_int,
+    p.add_argument("--round-to", type=positive_int,
                    help="filter pruning: kept filters are a multiple of this (default: recorded, else 8)")  # fmt: skip
     p.add_argument("--scope", choices=["layer", "global"],
                    help="weight pruning: per-layer or one global threshold (default: recorded, else layer)")  # fmt: skip

@@ -61,7 +61,7 @@ def add_run(commands: Any) -> None:
                         "then the driver keeps its study in runs/<name> and copies it there "
                         "after every trial")  # fmt: skip
     p.add_argument("--name", help="experiment folder name (default: the experiment's name)")
-    p.add_argument("--num-samples", type=_positive, help="trials (default: search.num_samples)")
+    p.add_argument("--num-samples", type=positive_int, help="trials (default: search.num_samples)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set finetune.epochs=4 (repeatable)")  # fmt: skip
     p.set_defaults(run=cmd_run)
@@ -127,7 +127,12 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     print(_summary(front))
     print(format_table(front))
     print(_failures(front), end="")
-    _write_views(directory, front, args.csv, args.plot)
+    from search.reporting import write_front
+
+    write_front(front, args.csv, args.plot)
+    for path in (args.csv, args.plot):
+        if path is not None:
+            log.info("wrote %s", path)
     return 0
 
 
@@ -139,20 +144,6 @@ def _failures(front: Front) -> str:
         for _, row in failed.iterrows()
     ]
     return ("not on the front:\n" + "".join(lines)) if lines else ""
-
-
-def _write_views(directory: Path, front: Front, csv: Path | None, plot: Path | None) -> None:
-    from search.reporting import front_figure
-    from yolov2.files import atomic_path
-
-    if csv is not None:
-        with atomic_path(csv) as temporary:
-            front.table.to_csv(temporary, index=False)
-        log.info("wrote %s", csv)
-    if plot is not None:
-        with atomic_path(plot) as temporary:
-            front_figure(front).savefig(temporary, format="png")
-        log.info("wrote %s", plot)
 
 
 def add_pareto(commands: Any) -> None:
@@ -298,12 +289,12 @@ def cmd_refine(args: argparse.Namespace) -> int:
 def add_refine(commands: Any) -> None:
     p = commands.add_parser("refine", help="finetune the front's points longer: the refined front")
     p.add_argument("experiment_dir", type=Path, help="the experiment folder (<storage>/<name>)")
-    p.add_argument("--epochs", type=_positive,
+    p.add_argument("--epochs", type=positive_int,
                    help="finetune epochs of each point (default: 3x the search's)")  # fmt: skip
     p.set_defaults(run=cmd_refine)
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")

@@ -17,9 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from search.pareto import COMPLETE, Front, Ledger, TrialRecord, pareto_front, trials_table
-from search.reporting import VIEWS_DIR, front_figure, write_views
+from search.reporting import VIEWS_DIR, write_front, write_views
 from search.trainable import FINISHED
-from yolov2.files import atomic_path
 from yolov2.pipeline import run
 
 log = logging.getLogger("prune-search")
@@ -74,8 +73,5 @@ def refine(directory: Path, epochs: int | None = None) -> tuple[Front, Front]:
         front = pareto_front(trials_table(refined, space.columns), cost)
         write_views(directory, front, space.columns, refined.records[trial_id], REFINED_VIEWS)
     front = pareto_front(trials_table(refined, space.columns), cost)
-    with atomic_path(directory / REFINED_CSV) as temporary:
-        front.table.to_csv(temporary, index=False)
-    with atomic_path(directory / REFINED_PNG) as temporary:
-        front_figure(front).savefig(temporary, format="png")
+    write_front(front, directory / REFINED_CSV, directory / REFINED_PNG)
     return searched, front

@@ -240,3 +240,16 @@ def front_figure(front: Front) -> Figure:
     axes.legend(loc="lower right")
     figure.tight_layout()
     return figure
+
+
+def write_front(front: Front, csv: Path | None = None, plot: Path | None = None) -> None:
+    """The table of every trial (with `pareto`) as a CSV and the front figure as a PNG, each
+    written whole or not at all, to the paths given."""
+    from yolov2.files import atomic_path
+
+    if csv is not None:
+        with atomic_path(csv) as temporary:
+            front.table.to_csv(temporary, index=False)
+    if plot is not None:
+        with atomic_path(plot) as temporary:
+            front_figure(front).savefig(temporary, format="png")

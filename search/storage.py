@@ -174,7 +174,6 @@ def push(directory: Path, storage: Storage, names: tuple[str, ...]) -> None:
             storage.upload(source, name)
 
 
-def pull(storage: Storage, directory: Path, names: tuple[str, ...]) -> None:
-    """Copy `names` from a remote storage into a new driver's folder (those it holds)."""
-    for name in names:
-        storage.download(name, directory / name)
+def pull(storage: Storage, directory: Path, names: tuple[str, ...]) -> list[str]:
+    """Copy `names` from a remote storage into a new driver's folder: those it holds, named."""
+    return [name for name in names if storage.download(name, directory / name)]

@@ -24,7 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search import dense, warm_start
 from search.early_stop import FrontStopper
 from search.pareto import Front, Ledger, pareto_front, trials_table
-from search.reporting import SearchViews, TrialCurves, front_figure
+from search.reporting import SearchViews, TrialCurves, write_front
 from search.space import Space, build_space, is_finite, sample
 from search.storage import (
     DRIVER_FILES,
@@ -114,8 +114,11 @@ def resume(location: str, address: str | None = None) -> Outcome:
 
     directory, storage = locate(location)
     if storage.remote and not (directory / EXPERIMENT_FILE).is_file():
-        log.info("resuming from %s: its study and ledger copied into %s", storage.root, directory)
-        pull(storage, directory, DRIVER_FILES)
+        copied = pull(storage, directory, DRIVER_FILES)
+        if copied:
+            log.info(
+                "resuming from %s: %s copied into %s", storage.root, ", ".join(copied), directory
+            )
         if (directory / EXPERIMENT_FILE).is_file():
             write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
     config, space = load_experiment(directory, storage)
@@ -183,17 +186,8 @@ def fit(
 def _outcome(directory: Path, config: ExperimentConfig, space: Space) -> Outcome:
     ledger = Ledger.load(directory)
     front = pareto_front(trials_table(ledger, space.columns), config.search.cost)
-    write_front_files(directory, front)
+    write_front(front, directory / TRIALS_CSV, directory / FRONT_PNG)
     return Outcome(directory, front, len(ledger.records) >= config.search.num_samples)
-
-
-def write_front_files(directory: Path, front: Front, csv: Path | None = None) -> None:
-    """trials.csv (one row per trial, with `pareto`) and front.png, or to the paths given."""
-    with atomic_path(csv or directory / TRIALS_CSV) as temporary:
-        front.table.to_csv(temporary, index=False)
-    figure = front_figure(front)
-    with atomic_path(directory / FRONT_PNG) as temporary:
-        figure.savefig(temporary, format="png")
 
 
 def _same_search(directory: Path, config: ExperimentConfig) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from search.cli import build_parser, main
+from tests.console import run_main
 from tests.yolov2.conftest import WriteVocTree, jpeg_bytes
 from yolov2.boxes import to_voc_pixels
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
@@ -34,21 +34,6 @@ SUBCOMMANDS = sorted(
 )
 CLASSES = ["cat", "dog"]
 A, B, C = [10, 10, 50, 50], [100, 100, 150, 150], [200, 10, 260, 80]  # VOC pixels
-
-
-def _run(argv: list[str]) -> int:
-    """`main(argv)` with logging unconfigured, as in a fresh process, so that `main` sends it to the
-    stderr capsys reads; pytest's own handlers are put back afterwards, in the same list."""
-    root = logging.getLogger()
-    saved, level = root.handlers[:], root.level
-    root.handlers.clear()
-    try:
-        return main(argv)
-    finally:
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:] = saved
-        root.setLevel(level)
 
 
 def _model(seed: int = 0) -> YOLOv2:
@@ -160,7 +145,7 @@ def test_import_darknet_then_export_round_trips(
 ) -> None:
     cfg, weights, model = _darknet_pair(tmp_path)
     checkpoint = tmp_path / "model.safetensors"
-    assert _run(["import-darknet", str(cfg), str(weights), "--out", str(checkpoint)]) == 0
+    assert run_main(["import-darknet", str(cfg), str(weights), "--out", str(checkpoint)]) == 0
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"wrote {checkpoint} (23 convolutions)" in captured.err  # logs go to stderr
@@ -176,7 +161,7 @@ def test_import_darknet_then_export_round_trips(
     }
 
     out = tmp_path / "out"
-    assert _run(["export", str(checkpoint), "--format", "darknet", "--out", str(out)]) == 0
+    assert run_main(["export", str(checkpoint), "--format", "darknet", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["model.cfg", "model.weights"]
     assert (out / "model.cfg").read_text() == cfg.read_text()
     assert (out / "model.weights").read_bytes() == weights.read_bytes()
@@ -218,7 +203,7 @@ def test_eval_dets_json(
     cat_ap: float,
 ) -> None:
     results = _results(voc, rows)
-    assert _run([*_eval_dets(voc, results, "--metric", metric), "--json"]) == 0
+    assert run_main([*_eval_dets(voc, results, "--metric", metric), "--json"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     result = json.loads(out)
@@ -230,7 +215,7 @@ def test_eval_dets_json(
 
 def test_eval_dets_table(voc: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = _results(voc, MIX)
-    assert _run(_eval_dets(voc, results)) == 0
+    assert run_main(_eval_dets(voc, results)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split() for line in lines] == [
         ["cat", f"{CAT_VOC07:.4f}"],
@@ -247,7 +232,7 @@ def test_cache_says_where_how_big_and_what_then_clears(
 ) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setenv("PRUNE_SEARCH_CACHE", str(cache))
-    assert _run(["cache"]) == 0
+    assert run_main(["cache"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"cache: {cache} (set by PRUNE_SEARCH_CACHE)",
         "  nothing cached (the folder does not exist)",
@@ -259,7 +244,7 @@ def test_cache_says_where_how_big_and_what_then_clears(
     (dense / "metrics.json").write_text('{"map": 0.8181, "map_voc12": 0.8345}')
     (cache / "VOCdevkit").mkdir()
     (cache / "VOCdevkit" / "mine.txt").write_text("a real VOC, say\n")
-    assert _run(["cache"]) == 0
+    assert run_main(["cache"]) == 0
     lines = capsys.readouterr().out.splitlines()
     size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
     assert lines[:2] == [
@@ -278,7 +263,7 @@ def test_cache_says_where_how_big_and_what_then_clears(
     )
     assert lines[7].endswith("  VOCdevkit: a folder")
 
-    assert _run(["cache", "--clear"]) == 0
+    assert run_main(["cache", "--clear"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[1:4]] == ["removed"] * 3
     assert "synthetic/VOCdevkit: 2 trainval" in lines[1]
@@ -295,7 +280,7 @@ def test_cache_follows_xdg_cache_home(
     monkeypatch.delenv("PRUNE_SEARCH_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     (tmp_path / "xdg" / "prune-search").mkdir(parents=True)
-    assert _run(["cache", "--clear"]) == 0
+    assert run_main(["cache", "--clear"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"cache: {tmp_path / 'xdg' / 'prune-search'} ($XDG_CACHE_HOME/prune-search; "
         "PRUNE_SEARCH_CACHE would move it)",
@@ -312,7 +297,7 @@ def test_make_data_writes_a_readable_tree(
 ) -> None:
     root = tmp_path / "synthetic" / "VOCdevkit"
     argv = ["make-data", "--out", str(root), "--trainval", "8", "--test", "4", "--seed", "1"]
-    assert _run(argv) == 0
+    assert run_main(argv) == 0
     assert f"synthetic VOCdevkit ready at {root}" in capsys.readouterr().err
     trainval = read_voc(root, [("2007", "trainval")], SYNTHETIC_CLASSES)
     test = read_voc(root, [("2007", "test")], SYNTHETIC_CLASSES)
@@ -322,7 +307,7 @@ def test_make_data_writes_a_readable_tree(
     assert image.shape == (3, test[0].height, test[0].width)
     assert image.dtype == torch.uint8
     assert sum(len(a.labels) for a in trainval) > 0
-    assert _run(argv) == 0  # a finished set is reused
+    assert run_main(argv) == 0  # a finished set is reused
 
 
 @pytest.mark.parametrize("size", [None, ("96", "128")])
@@ -334,7 +319,7 @@ def test_profile_json(
         model.conv_blocks()[4].conv.weight.zero_()
     checkpoint = save_checkpoint(model, tmp_path / "m.safetensors")
     argv = ["profile", str(checkpoint), "--json", *(["--size", *size] if size else [])]
-    assert _run(argv) == 0
+    assert run_main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     result = json.loads(out)
@@ -360,7 +345,7 @@ def _foreign(tmp_path: Path) -> Path:
 
 def test_profile_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "missing.safetensors"
-    assert _run(["profile", str(path)]) == 2
+    assert run_main(["profile", str(path)]) == 2
     _assert_one_line_error(capsys.readouterr().err, "profile", path)
 
 
@@ -370,7 +355,7 @@ def test_foreign_checkpoint(
 ) -> None:
     path = _foreign(tmp_path)
     extra = ["--out", str(tmp_path / "out")] if command == "export" else []
-    assert _run([command, str(path), *extra]) == 2
+    assert run_main([command, str(path), *extra]) == 2
     captured = capsys.readouterr()
     _assert_one_line_error(captured.err, command, path)
     assert "not a prune-search checkpoint" in captured.err
@@ -382,7 +367,7 @@ def test_eval_dets_malformed_results_line(voc: Path, capsys: pytest.CaptureFixtu
     results = _results(voc, PERFECT)
     bad = results / "comp4_det_test_dog.txt"
     bad.write_text("000001 0.7 100 100 150 150\n000002 0.5 1 2 3\n")
-    assert _run([*_eval_dets(voc, results), "--json"]) == 2
+    assert run_main([*_eval_dets(voc, results), "--json"]) == 2
     captured = capsys.readouterr()
     _assert_one_line_error(captured.err, "eval-dets", bad)
     assert f"{bad}:2: expected 6 fields" in captured.err
@@ -401,7 +386,7 @@ def test_eval_dets_missing_inputs(
     else:
         named = results / "comp4_det_test_dog.txt"
         named.unlink()
-    assert _run(_eval_dets(voc, results)) == 2
+    assert run_main(_eval_dets(voc, results)) == 2
     _assert_one_line_error(capsys.readouterr().err, "eval-dets", named)
 
 
@@ -412,7 +397,7 @@ def test_import_darknet_truncated_weights(
     cfg, weights, _ = _darknet_pair(tmp_path)
     weights.write_bytes(weights.read_bytes()[:-cut])
     out = tmp_path / "model.safetensors"
-    assert _run(["import-darknet", str(cfg), str(weights), "--out", str(out)]) == 2
+    assert run_main(["import-darknet", str(cfg), str(weights), "--out", str(out)]) == 2
     captured = capsys.readouterr()
     _assert_one_line_error(captured.err, "import-darknet", weights)
     assert "bytes short" in captured.err
@@ -454,12 +439,12 @@ def test_eval_set_overrides_the_experiment_recorded_in_the_checkpoint(
 ) -> None:
     gone = tmp_path / "elsewhere" / "VOCdevkit"  # where the data was on the machine that trained
     checkpoint = _recorded_checkpoint(tmp_path, gone)
-    assert _run(["eval", str(checkpoint), "--json"]) == 2
+    assert run_main(["eval", str(checkpoint), "--json"]) == 2
     _assert_one_line_error(capsys.readouterr().err, "eval", gone)
-    assert _run(["eval", str(checkpoint), "--set", f"data.root={voc}", "--json"]) == 0
+    assert run_main(["eval", str(checkpoint), "--set", f"data.root={voc}", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["ap"]) == {"cat", "dog"}
-    assert _run(["eval", str(checkpoint), "--set", "data.input_size=33"]) == 2
+    assert run_main(["eval", str(checkpoint), "--set", "data.input_size=33"]) == 2
     err = capsys.readouterr().err
     _assert_one_line_error(err, "eval", checkpoint)
     assert "data.input_size: Input should be a multiple of 32" in err
@@ -475,7 +460,7 @@ def test_prune_records_the_options_it_was_given(
     checkpoint = save_checkpoint(_model(), tmp_path / "dense.safetensors")
     out = tmp_path / "pruned.safetensors"
     argv = ["prune", str(checkpoint), "--method", method, "--ratio", "0.5", *option]
-    assert _run([*argv, "--out", str(out)]) == 0
+    assert run_main([*argv, "--out", str(out)]) == 0
     prune = checkpoint_metadata(out)["meta"]["prune"]
     assert (prune.get("criterion"), prune.get("scope")) == recorded  # only what the method used
 
@@ -505,7 +490,7 @@ def test_an_option_that_would_do_nothing_is_an_error(
     message: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert _run(argv) == 2
+    assert run_main(argv) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"prune-search {argv[0]}: error: {message}"]
     assert list(tmp_path.iterdir()) == []
@@ -516,13 +501,13 @@ def test_predict_letterboxes_as_the_checkpoint_was_evaluated(
 ) -> None:
     # The voc fixture's images are 300 x 200: letterboxed or squeezed, the model sees other pixels.
     checkpoint = _recorded_checkpoint(tmp_path, voc, letterbox=True)
-    assert _run(["eval", str(checkpoint), "--json"]) == 0
+    assert run_main(["eval", str(checkpoint), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     images = sorted((voc / "VOC2007" / "JPEGImages").glob("*.jpg"))
     results = tmp_path / "results"
     argv = ["predict", str(checkpoint), *map(str, images), "--out", str(tmp_path / "png")]
-    assert _run([*argv, "--results-dir", str(results)]) == 0
-    assert _run([*_eval_dets(voc, results), "--json"]) == 0
+    assert run_main([*argv, "--results-dir", str(results)]) == 0
+    assert run_main([*_eval_dets(voc, results), "--json"]) == 0
     predicted = json.loads(capsys.readouterr().out)
     assert predicted["ap"] == pytest.approx(evaluated["ap"], abs=1e-9)
     # The boxes written are the letterboxed model's, which are not the squeezed model's.
@@ -552,7 +537,7 @@ def test_compare_letterboxes_each_model_as_it_was_trained(
     pruned = _recorded_checkpoint(tmp_path / "pruned", voc, letterbox=True)
     images = sorted((voc / "VOC2007" / "JPEGImages").glob("*.jpg"))
     argv = ["compare", str(dense), str(pruned), "--images", *map(str, images)]
-    assert _run([*argv, "--out", str(tmp_path / "figures")]) == 0
+    assert run_main([*argv, "--out", str(tmp_path / "figures")]) == 0
     assert (tmp_path / "figures" / "boxes.png").is_file()
 
 
@@ -566,7 +551,7 @@ def test_eval_dets_classes_that_look_like_a_missing_file_are_one_line(
     results = _results(voc, PERFECT)
     argv = _eval_dets(voc, results)
     argv[argv.index("cat,dog")] = spec  # was: one class named after the path
-    assert _run(argv) == 2
+    assert run_main(argv) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
         f"prune-search eval-dets: error: --classes {spec}: no such file"
@@ -581,7 +566,7 @@ def test_eval_dets_classes_from_names_or_a_file(
     results = _results(voc, PERFECT)
     argv = _eval_dets(voc, results, "--json")
     argv[argv.index("cat,dog")] = str(voc.parent / spec) if spec.endswith(".txt") else spec
-    assert _run(argv) == 0
+    assert run_main(argv) == 0
     assert json.loads(capsys.readouterr().out)["ap"] == {"cat": 1.0, "dog": 1.0}
 
 
@@ -592,14 +577,14 @@ def test_import_darknet_records_voc_s_class_names_for_a_20_class_cfg(
 
     cfg, weights, _ = _darknet_pair(tmp_path)
     checkpoint = tmp_path / "model.safetensors"
-    assert _run(["import-darknet", str(cfg), str(weights), "--out", str(checkpoint)]) == 0
+    assert run_main(["import-darknet", str(cfg), str(weights), "--out", str(checkpoint)]) == 0
     assert checkpoint_metadata(checkpoint)["meta"]["classes"] == list(VOC_CLASSES)
     # predict's results files are then named by class, as eval-dets reads them
     image = tmp_path / "000001.jpg"
     image.write_bytes(jpeg_bytes(96, 64))
     results = tmp_path / "results"
     argv = ["predict", str(checkpoint), str(image), "--out", str(tmp_path / "png")]
-    assert _run([*argv, "--results-dir", str(results)]) == 0
+    assert run_main([*argv, "--results-dir", str(results)]) == 0
     assert sorted(p.name for p in results.iterdir()) == sorted(
         f"comp4_det_test_{name}.txt" for name in VOC_CLASSES
     )
@@ -616,7 +601,7 @@ def test_import_darknet_names_other_classes_with_classes(tmp_path: Path) -> None
     cfg, weights = _eight_class_pair(tmp_path)
     out = tmp_path / "model.safetensors"
     argv = ["import-darknet", str(cfg), str(weights), "--classes", "synthetic", "--out", str(out)]
-    assert _run(argv) == 0
+    assert run_main(argv) == 0
     assert checkpoint_metadata(out)["meta"]["classes"] == list(SYNTHETIC_CLASSES)
 
 
@@ -634,7 +619,7 @@ def test_import_darknet_without_the_names_of_its_classes_is_refused(
     cfg, weights = _eight_class_pair(tmp_path)
     out = tmp_path / "model.safetensors"
     extra = ["--classes", classes] if classes else []
-    assert _run(["import-darknet", str(cfg), str(weights), *extra, "--out", str(out)]) == 2
+    assert run_main(["import-darknet", str(cfg), str(weights), *extra, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     _assert_one_line_error(err, "import-darknet", cfg)
     assert message in err
@@ -649,9 +634,9 @@ def test_predict_results_of_a_checkpoint_without_class_names_is_refused(
     image.write_bytes(jpeg_bytes(96, 64))
     results = tmp_path / "results"
     argv = ["predict", str(checkpoint), str(image), "--out", str(tmp_path / "png")]
-    assert _run([*argv, "--results-dir", str(results)]) == 2
+    assert run_main([*argv, "--results-dir", str(results)]) == 2
     err = capsys.readouterr().err
     _assert_one_line_error(err, "predict", checkpoint)
     assert "records no class names" in err
     assert not results.exists()
-    assert _run(argv) == 0  # drawing needs no names: classes are numbered
+    assert run_main(argv) == 0  # drawing needs no names: classes are numbered

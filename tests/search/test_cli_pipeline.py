@@ -10,7 +10,8 @@ import onnx
 import pytest
 import yaml
 
-from tests.search.test_cli import _assert_one_line_error, _run
+from tests.console import run_main as _run
+from tests.search.test_cli import _assert_one_line_error
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
 from yolov2.config import load_config
 from yolov2.data import read_voc

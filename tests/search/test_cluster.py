@@ -109,6 +109,30 @@ def test_trials_spread_over_the_workers_and_share_one_dense_stage(
     assert not dense.local_folder(config).exists()  # the driver's cache was never used
 
 
+def test_a_dense_config_of_the_trials_own_is_made_once_by_one_of_them(
+    cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    """A space that touches the dense stage: the first trial to claim its dense config makes it,
+    the other waits for the storage and copies it; one training in the whole cluster."""
+    caches = cluster["caches"]
+    before = set(caches.glob("*/dense/*/train_state.pt"))
+    space = (
+        "search.space={prune.ratios: {groups: uniform, low: 0.0, high: 0.6}, "
+        "loss.object_scale: {choices: [4.0]}}"
+    )
+    directory = _run(
+        cluster, tmp_path, "claims", space, "search.num_samples=2", "search.max_concurrent=2",
+        "search.known_points=[0.3]",
+    )  # fmt: skip
+    table = pd.read_csv(directory / "trials.csv")
+    assert (table["state"] == "COMPLETE").all()
+    assert table["node"].nunique() == 2  # the two trials ran side by side, on both workers
+    trained = set(caches.glob("*/dense/*/train_state.pt")) - before
+    assert len(trained) == 1
+    key = dense.store_key(load_config(SMOKE, [*OVERRIDES, "loss.object_scale=4.0"]))
+    assert dense.published(Storage(str(directory)), key)
+
+
 def test_two_trials_on_a_node_with_two_gpus_get_one_gpu_each(
     cluster: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -4,11 +4,8 @@ diverges, and each bad input that must fail in one line before a search waits on
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import json
-import logging
 import math
 import shutil
 from pathlib import Path
@@ -18,29 +15,15 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.cli import main
 from search.pareto import METRICS
+from tests.console import run_captured
 from tests.search.conftest import SMOKE, set_arguments, smoke_overrides
 
 NUM_SAMPLES = 5
 SPACE = "search.space={prune.ratios: {groups: stage, low: 0.0, high: 0.6}, finetune.lr: {low: 0.001, high: 0.004, log: true}}"
 
 
-def search(argv: list[str]) -> tuple[int, str, str]:
-    """`prune-search` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    saved, level = root.handlers[:], root.level
-    root.handlers.clear()  # as in a fresh process: `main` configures logging onto our stderr
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(argv)
-    finally:
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:] = saved
-        root.setLevel(level)
-    return code, out.getvalue(), err.getvalue()
+search = run_captured  # the other search tests import it from here
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,15 @@ budget allocation on a table written by hand."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import itertools
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from search.cli import main
+from tests.console import run_captured
 from tests.search.conftest import SMOKE, smoke_overrides
 from yolov2.config import load_config
 from yolov2.engine import load_splits
@@ -36,21 +33,7 @@ RATIOS = [0.0, 0.3, 0.6, 0.9]
 STAGES = [f"stage{i}" for i in range(1, 7)]
 
 
-def command(argv: list[str]) -> tuple[int, str, str]:
-    """`prune-search` in this process, logging unconfigured as in a fresh one: (code, out, err)."""
-    out, err = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    saved, level = root.handlers[:], root.level
-    root.handlers.clear()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(argv)
-    finally:
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:] = saved
-        root.setLevel(level)
-    return code, out.getvalue(), err.getvalue()
+command = run_captured
 
 
 @pytest.fixture(scope="module")
