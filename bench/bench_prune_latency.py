@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Mapping
 
 import torch
 
@@ -34,17 +35,9 @@ def main() -> None:
     size = (args.size, args.size)
     flops = gflops(dense, size), gflops(pruned, size)
     params = count_params(dense)[0], count_params(pruned)[0]
-    x = torch.rand(1, 3, *size)
-    times: dict[str, list[float]] = {"dense": [], "pruned": []}
-    with torch.inference_mode():
-        for model in (dense, pruned):  # warm-up
-            model(x)
-        for _ in range(args.repeats):
-            for name, model in (("dense", dense), ("pruned", pruned)):
-                start = time.perf_counter()
-                model(x)
-                times[name].append(time.perf_counter() - start)
-    latency = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    latency = interleaved_ms(
+        {"dense": dense, "pruned": pruned}, torch.rand(1, 3, *size), args.repeats
+    )
     flops_reduction = flops[0] / flops[1]
     speedup = latency["dense"] / latency["pruned"]
     print(
@@ -63,6 +56,23 @@ def main() -> None:
             ]
         )
     )
+
+
+def interleaved_ms(
+    models: Mapping[str, torch.nn.Module], x: torch.Tensor, repeats: int
+) -> dict[str, float]:
+    """The median forward time of each model on `x`, in ms, the models timed in turn within each
+    repeat so that load on the machine hits them alike (one warm-up forward each first)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model(x)
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(x)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def main() -> int:
 
     from search import tuner
     from search.dense import CHECKPOINT, local_folder
+    from search.trainable import RAY_DIR
     from yolov2.config import load_config
     from yolov2.engine import load_splits
     from yolov2.pipeline import cached_dense
@@ -54,7 +55,7 @@ def main() -> int:
         start = time.perf_counter()
         outcome = tuner.run(config, str(DEFAULT), directory, None)
         search_s = time.perf_counter() - start
-        trial_s = _trial_seconds(directory / tuner.RAY_DIR)
+        trial_s = _trial_seconds(directory / RAY_DIR)
         return report(outcome, config.search.max_concurrent, dense_s, search_s, trial_s)
 
 
