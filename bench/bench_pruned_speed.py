@@ -21,6 +21,7 @@ from yolov2.prune import prune_filters
 
 def main() -> None:
     from bench_prune_latency import interleaved_ms  # beside this script
+    from targets import Target, check
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=416)
@@ -38,15 +39,25 @@ def main() -> None:
     print(
         f"{'batch':>5} {'ratio':>6} {'GFLOPs':>8} {'ms':>9} {'FLOPs red.':>10} {'speedup':>8} {'fraction':>9}"
     )
+    fractions: dict[tuple[int, str], float] = {}
     for batch in args.batches:
         latency = interleaved_ms(models, torch.rand(batch, 3, *size), args.repeats)
         for name in models:
             reduction = flops["dense"] / flops[name]
             speedup = latency["dense"] / latency[name]
+            fractions[batch, name] = speedup / reduction
             print(
                 f"{batch:>5} {name:>6} {flops[name]:>8.2f} {latency[name]:>9.1f} "
                 f"{reduction:>9.2f}x {speedup:>7.2f}x {speedup / reduction:>9.2f}"
             )
+    # Issue 4's bound, at half the filters and batch 1; the other rows are the curve, not targets.
+    half = fractions.get((1, "0.5"))
+    checked = (
+        []
+        if half is None
+        else [Target("speedup / FLOPs reduction at 0.5, batch 1", half, ">=", 0.8)]
+    )
+    raise SystemExit(check(checked))
 
 
 if __name__ == "__main__":

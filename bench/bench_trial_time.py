@@ -112,6 +112,11 @@ def main() -> None:
     )
     top = max(parts, key=lambda name: parts[name])
     print(f"the next bottleneck: {top}")
+    from targets import Target, check  # bench/targets.py, beside this script
+
+    # Checkpointing every epoch (for failover) must stay a small part of a trial.
+    share = 100 * parts["checkpoints"] / total
+    raise SystemExit(check([Target("checkpoints' share of a trial", share, "<=", 5, "%")]))
 
 
 if __name__ == "__main__":
