@@ -37,15 +37,15 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     from search import tuner
-    from search.dense import CHECKPOINT, local_folder
+    from search.storage import Storage
     from search.trainable import RAY_DIR
     from yolov2.config import load_config
     from yolov2.engine import load_splits
-    from yolov2.pipeline import cached_dense
+    from yolov2.pipeline import CHECKPOINT_FILE, cached_dense, dense_folder
 
     config = load_config(DEFAULT, args.set)
     splits = load_splits(config.data)
-    cold = not (local_folder(config) / CHECKPOINT).is_file()
+    cold = not (dense_folder(config) / CHECKPOINT_FILE).is_file()
     start = time.perf_counter()
     cached_dense(config, splits)  # the dense stage into the cache, timed apart
     dense_s = time.perf_counter() - start if cold else 0.0
@@ -53,7 +53,7 @@ def main() -> int:
         storage = args.keep or Path(scratch)
         directory = (storage / config.name).resolve()
         start = time.perf_counter()
-        outcome = tuner.run(config, str(DEFAULT), directory, None)
+        outcome = tuner.run(config, str(DEFAULT), Storage(str(directory)), None)
         search_s = time.perf_counter() - start
         trial_s = _trial_seconds(directory / RAY_DIR)
         return report(outcome, config.search.max_concurrent, dense_s, search_s, trial_s)

@@ -42,7 +42,14 @@ def main() -> None:
         train_loader,
         train_one_epoch,
     )
-    from yolov2.pipeline import cached_dense, evaluate_model, measure, prune, save_pruned
+    from yolov2.pipeline import (
+        CHECKPOINT_FILE,
+        cached_dense,
+        evaluate_model,
+        measure,
+        prune,
+        save_pruned,
+    )
 
     torch.set_num_threads(1)
     config = load_config(DEFAULT, [*args.set, "data.workers=0", f"prune.ratio={args.ratio}"])
@@ -89,7 +96,7 @@ def main() -> None:
             shutil.copy2(state_path, Path(scratch) / "copy.pt")
 
         timed("checkpoint (write + copy)", write_and_copy)
-        checkpoint = save_pruned(model, Path(scratch) / "model.safetensors", config, splits.classes)
+        checkpoint = save_pruned(model, Path(scratch) / CHECKPOINT_FILE, config, splits.classes)
         timed("measure (costs, latency)", measure, model, checkpoint, config, dense.model)
 
     epochs = config.finetune.epochs

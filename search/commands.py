@@ -27,7 +27,7 @@ DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "defa
 
 def cmd_run(args: argparse.Namespace) -> int:
     from search import tuner
-    from search.storage import Storage, is_uri, join
+    from search.storage import search_storage
     from yolov2.config import load_config
 
     overrides = [
@@ -35,16 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         *([f"search.num_samples={args.num_samples}"] if args.num_samples else []),
     ]
     config = load_config(args.experiment, overrides)
-    name = args.name or config.name
-    # A URI: the driver's own files stay on its disk, in runs/<name>.
-    root = (
-        join(args.storage, name)
-        if is_uri(args.storage)
-        else str(Path(args.storage, name).resolve())
-    )
-    storage = Storage(root)
-    directory = storage.driver_folder()
-    outcome = tuner.run(config, str(args.experiment), directory, args.address, storage)
+    storage = search_storage(args.storage, args.name or config.name)
+    outcome = tuner.run(config, str(args.experiment), storage, args.address)
     return _conclude(outcome)
 
 
@@ -228,10 +220,10 @@ def _budget_text(budgets: dict[str, float]) -> str:
 
 
 def _copy_checkpoint(directory: Path, row: Any, out: Path) -> None:
-    from search.trainable import CHECKPOINT_FILE
     from search.tuner import locate
     from yolov2.checkpoint import load_checkpoint
     from yolov2.files import atomic_path
+    from yolov2.pipeline import CHECKPOINT_FILE
 
     relative = f"{row['checkpoint']}/{CHECKPOINT_FILE}"
     source = directory / relative

@@ -24,22 +24,24 @@ from pathlib import Path
 
 from search.storage import Storage
 from yolov2.config import ExperimentConfig, default_cache
-from yolov2.pipeline import DENSE_CACHE, DENSE_SECTIONS, METRICS_FILE, cached_dense
+from yolov2.engine import Splits, load_splits
+from yolov2.pipeline import (
+    CHECKPOINT_FILE,
+    DENSE_SECTIONS,
+    METRICS_FILE,
+    Stage,
+    cached_dense,
+    dense_folder,
+)
 
 log = logging.getLogger("prune-search")
 
 STORE = "dense"  # the storage's folder of dense stages
-CHECKPOINT = "model.safetensors"
 MADE_FILE = "made.json"  # which node made a published dense stage, and where
 
 
 def store_key(config: ExperimentConfig) -> str:
     return config.digest(*DENSE_SECTIONS)
-
-
-def local_folder(config: ExperimentConfig) -> Path:
-    """The dense stage's folder in this node's cache (what `cached_dense` reads)."""
-    return config.cache_dir / DENSE_CACHE / config.digest(*DENSE_SECTIONS)
 
 
 def on_this_node(config: ExperimentConfig, driver_cache: str) -> ExperimentConfig:
@@ -59,7 +61,7 @@ def on_this_node(config: ExperimentConfig, driver_cache: str) -> ExperimentConfi
 
 def publish(storage: Storage, key: str, folder: Path) -> None:
     """Copy the dense stage in `folder` to the store; its metrics go last: they mark it whole."""
-    storage.upload(folder / CHECKPOINT, f"{STORE}/{key}/{CHECKPOINT}")
+    storage.upload(folder / CHECKPOINT_FILE, f"{STORE}/{key}/{CHECKPOINT_FILE}")
     made = Path(folder / MADE_FILE)
     if not made.exists():
         made.write_text(json.dumps({"node": socket.gethostname(), "folder": str(folder)}))
@@ -74,15 +76,15 @@ def published(storage: Storage, key: str) -> bool:
 def fetch(storage: Storage, key: str, config: ExperimentConfig) -> bool:
     """Copy a published dense stage into this node's cache, unless it is there; False when the
     store does not have it either."""
-    folder = local_folder(config)
-    if (folder / CHECKPOINT).is_file():
+    folder = dense_folder(config)
+    if (folder / CHECKPOINT_FILE).is_file():
         return True
     if not published(storage, key):
         return False
     # The checkpoint last: `cached_dense` takes a folder with one for a finished dense stage.
     storage.download(f"{STORE}/{key}/{METRICS_FILE}", folder / METRICS_FILE)
     storage.download(f"{STORE}/{key}/{MADE_FILE}", folder / MADE_FILE)
-    storage.download(f"{STORE}/{key}/{CHECKPOINT}", folder / CHECKPOINT)
+    storage.download(f"{STORE}/{key}/{CHECKPOINT_FILE}", folder / CHECKPOINT_FILE)
     log.info("dense stage %s: copied from %s", key, storage.root)
     return True
 
@@ -152,21 +154,28 @@ def after_trial(config: ExperimentConfig, storage: Storage, driver_cache: str) -
     """Publish the trial's dense stage if this trial made it."""
     key = store_key(config)
     local = on_this_node(config, driver_cache)
-    if not published(storage, key) and (local_folder(local) / CHECKPOINT).is_file():
-        publish(storage, key, local_folder(local))
+    if not published(storage, key) and (dense_folder(local) / CHECKPOINT_FILE).is_file():
+        publish(storage, key, dense_folder(local))
+
+
+def on_node(
+    config: ExperimentConfig, storage: Storage | None, driver_cache: str
+) -> tuple[ExperimentConfig, Splits, Stage]:
+    """The experiment on this node, its data, and its dense stage in this node's cache: copied
+    from the store (unless `storage` is None), or taken from the cache, or made here."""
+    local = on_this_node(config, driver_cache)
+    if storage is not None:
+        fetch(storage, store_key(config), local)
+    splits = load_splits(local.data)
+    return local, splits, cached_dense(local, splits)
 
 
 def make(config: ExperimentConfig, storage: Storage | None, driver_cache: str) -> float:
-    """The experiment's dense stage in this node's cache, taken from the store or made here, then
-    published in the store (unless `storage` is None). Returns its map. Runs on the driver (a
-    local search) or as a Ray task on a node with a trial's resources (a cluster)."""
-    from yolov2.engine import load_splits
-
+    """The experiment's dense stage in this node's cache (`on_node`), then published in the store
+    (unless `storage` is None). Returns its map. Runs on the driver (a local search) or as a Ray
+    task on a node with a trial's resources (a cluster)."""
+    local, _, stage = on_node(config, storage, driver_cache)
     key = store_key(config)
-    local = on_this_node(config, driver_cache)
-    if storage is not None:
-        fetch(storage, key, local)
-    stage = cached_dense(local, load_splits(local.data))
     if storage is not None and not published(storage, key):
-        publish(storage, key, local_folder(local))
+        publish(storage, key, dense_folder(local))
     return stage.map

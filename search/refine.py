@@ -37,9 +37,9 @@ def refine(directory: Path, epochs: int | None = None) -> tuple[Front, Front]:
 
     config, space = load_experiment(directory)
     cost = config.search.cost
-    searched = pareto_front(trials_table(Ledger.load(directory), space.columns), cost)
-    epochs = epochs or 3 * config.finetune.epochs
     ledger = Ledger.load(directory)
+    searched = pareto_front(trials_table(ledger, space.columns), cost)
+    epochs = epochs or 3 * config.finetune.epochs
     refined = Ledger.load(directory, REFINED_LEDGER)
     points = list(searched.points["trial_id"])
     for number, trial_id in enumerate(points, 1):

@@ -28,6 +28,14 @@ LEDGER_FILE = "trials.json"  # every finished trial (search.pareto.Ledger)
 DRIVER_FILES = (EXPERIMENT_FILE, STUDY_FILE, LEDGER_FILE)
 
 
+def search_storage(location: str, name: str) -> Storage:
+    """The storage of the search `name` under `--storage location`: `<location>/<name>`, a
+    folder's absolute path or a URI."""
+    if is_uri(location):
+        return Storage(join(location, name))
+    return Storage(str(Path(location, name).resolve()))
+
+
 def is_uri(location: str) -> bool:
     return "://" in location
 
@@ -137,16 +145,18 @@ class Storage:
 
     def check_writable(self) -> None:
         """One clear line when the storage cannot be written, before any work starts."""
-        probe = Path(f"/tmp/prune-search-probe-{uuid.uuid4().hex[:8]}")
-        probe.write_text("")
-        try:
-            self.upload(probe, ".writable")
-            filesystem, path = self._resolved(".writable")
-            filesystem.delete_file(path)
-        except OSError as error:
-            raise InputError(f"{self.root}: cannot write the search's storage ({error})") from None
-        finally:
-            probe.unlink()
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            probe = Path(scratch) / "probe"
+            probe.write_text("")
+            try:
+                self.upload(probe, ".writable")
+                self.delete(".writable")
+            except OSError as error:
+                raise InputError(
+                    f"{self.root}: cannot write the search's storage ({error})"
+                ) from None
 
 
 def push(directory: Path, storage: Storage, names: tuple[str, ...]) -> None:

@@ -27,9 +27,8 @@ from search.space import Space, is_finite
 from search.storage import Storage
 from yolov2.config import ExperimentConfig
 from yolov2.engine import STATE_FILE
-from yolov2.pipeline import METRICS_FILE, run
+from yolov2.pipeline import CHECKPOINT_FILE, METRICS_FILE, run
 
-CHECKPOINT_FILE = "model.safetensors"
 # The trial ran its pipeline to the end (its final report). Not "done": Ray sets that on the last
 # result of every ended trial, one a scheduler stopped included.
 FINISHED = "finished"
@@ -80,11 +79,9 @@ def run_trial(
     torch.set_num_threads(threads)
     config = space.apply(ExperimentConfig.model_validate(experiment), params)
     config = config.model_copy(update={"data": config.data.model_copy(update={"workers": workers})})
-    if (
-        config.search.early_stop is not None
-    ):  # evaluate where the stopper compares (a run-time knob)
-        every = config.search.early_stop.every
-        finetune = config.finetune.model_copy(update={"eval_every": every})
+    early_stop = config.search.early_stop
+    if early_stop is not None:  # evaluate where the stopper compares (a run-time knob)
+        finetune = config.finetune.model_copy(update={"eval_every": early_stop.every})
         config = config.model_copy(update={"finetune": finetune})
     local = dense.for_trial(config, shared, driver_cache, trial_id)
     placement = {**_placement(), "trial_id": trial_id}
@@ -146,16 +143,20 @@ def _placement() -> dict[str, Any]:
 
 
 def _final_checkpoint(storage: Storage, trial_id: str) -> Any:
-    """The checkpoint a trial's final report left in the storage, if it got that far."""
+    """The checkpoint a trial's final report left in the storage, if it got that far: its newest
+    one (the final report is a trial's last, and a finished trial only reports it again)."""
     from ray import tune
 
     trial = f"{RAY_DIR}/trial_{trial_id}"
-    for name in reversed(storage.folders(trial, prefix="checkpoint_")):
-        with tempfile.TemporaryDirectory() as scratch:
-            if not storage.download(f"{trial}/{name}/{METRICS_FILE}", Path(scratch) / METRICS_FILE):
-                continue
-            if _finished(Path(scratch)) and storage.exists(f"{trial}/{name}/{CHECKPOINT_FILE}"):
-                return tune.Checkpoint(storage.uri(f"{trial}/{name}"))
+    names = storage.folders(trial, prefix="checkpoint_")
+    if not names:
+        return None
+    newest = f"{trial}/{names[-1]}"
+    with tempfile.TemporaryDirectory() as scratch:
+        if not storage.download(f"{newest}/{METRICS_FILE}", Path(scratch) / METRICS_FILE):
+            return None
+        if _finished(Path(scratch)) and storage.exists(f"{newest}/{CHECKPOINT_FILE}"):
+            return tune.Checkpoint(storage.uri(newest))
     return None
 
 

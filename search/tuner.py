@@ -61,16 +61,10 @@ class Outcome:
     finished: bool  # every trial of the budget has ended (not interrupted)
 
 
-def run(
-    config: ExperimentConfig,
-    source: str,
-    directory: Path,
-    address: str | None,
-    storage: Storage | None = None,
-) -> Outcome:
-    """A new search into `directory` (`<storage>/<name>`, or the driver's folder of a search
-    stored at a URI: `storage`); the same search again resumes it."""
-    storage = storage or Storage(str(directory))
+def run(config: ExperimentConfig, source: str, storage: Storage, address: str | None) -> Outcome:
+    """A new search into `storage` (`<storage>/<name>`: the experiment folder, or a URI whose
+    driver's folder is `runs/<name>`); the same search again resumes it."""
+    directory = storage.driver_folder()
     space = build_space(config, source)  # 1. the space, checked before Ray starts
     if _same_search(directory, config):
         log.info("%s holds this search already: resuming it", directory)

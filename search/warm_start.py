@@ -20,8 +20,7 @@ from search import dense
 from search.space import Space
 from search.storage import Storage
 from yolov2.config import ExperimentConfig, default_cache
-from yolov2.engine import load_splits
-from yolov2.pipeline import cached_dense, dense_architecture
+from yolov2.pipeline import dense_architecture
 from yolov2.sensitivity import (
     Allocation,
     Sensitivity,
@@ -65,10 +64,7 @@ def measure(
 ) -> Sensitivity:
     """The sensitivity of the experiment's dense model, on this node: the driver (whose cache has
     the dense stage) or a cluster's node (which copies it from the search's storage first)."""
-    local = dense.on_this_node(config, driver_cache)
-    dense.fetch(Storage(storage), dense.store_key(config), local)
-    splits = load_splits(local.data)
-    stage = cached_dense(local, splits)
+    local, splits, stage = dense.on_node(config, Storage(storage), driver_cache)
     return analyse(stage.model, local, splits, groups, ratios)
 
 

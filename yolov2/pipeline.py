@@ -56,6 +56,7 @@ METRIC_NAMES = (
     "pruned_map",
 )
 METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "model.safetensors"  # a run's model, beside its metrics
 DENSE_CACHE = "dense"  # the cache's folder of dense stages, one folder per digest
 LOCK_FILE = ".lock"  # held while a dense stage is trained into its folder
 
@@ -148,7 +149,7 @@ def train_dense(
     )
     checkpoint = save_checkpoint(
         result.model,
-        out_dir / "model.safetensors",
+        out_dir / CHECKPOINT_FILE,
         **_provenance(config, "dense", DENSE_SECTIONS),
         classes=splits.classes,
         metrics={"map": result.final["map"], "map_voc12": result.final["map_voc12"]},
@@ -160,12 +161,17 @@ def train_dense(
     )
 
 
+def dense_folder(config: ExperimentConfig) -> Path:
+    """The cache's folder of the experiment's dense stage (one per digest of its dense sections)."""
+    return config.cache_dir / DENSE_CACHE / config.digest(*DENSE_SECTIONS)
+
+
 def cached_dense(config: ExperimentConfig, splits: Splits, report: Report | None = None) -> Stage:
     """The dense stage from the cache, training it first if no run has yet (one trainer at a time)."""
-    directory = config.cache_dir / DENSE_CACHE / config.digest(*DENSE_SECTIONS)
+    directory = dense_folder(config)
     directory.mkdir(parents=True, exist_ok=True)
     with _exclusive(directory / LOCK_FILE):
-        checkpoint = directory / "model.safetensors"
+        checkpoint = directory / CHECKPOINT_FILE
         if checkpoint.exists():
             log.info("dense stage: reusing %s", checkpoint)
             meta = json.loads((directory / METRICS_FILE).read_text())
@@ -236,7 +242,7 @@ def run(
     # 2. prune and 3. finetune
     model, evaluation = prune_and_finetune(dense, config, splits, out, report)
     # 4. measure
-    checkpoint = save_pruned(model, out / "model.safetensors", config, splits.classes)
+    checkpoint = save_pruned(model, out / CHECKPOINT_FILE, config, splits.classes)
     metrics = {
         **measure(model, checkpoint, config, dense.model),
         **_maps(evaluation),
@@ -308,7 +314,7 @@ def _with_costs(
     if report is None:
         return None
     with tempfile.TemporaryDirectory() as scratch:
-        checkpoint = save_pruned(model, Path(scratch) / "model.safetensors", config, splits.classes)
+        checkpoint = save_pruned(model, Path(scratch) / CHECKPOINT_FILE, config, splits.classes)
         costs = measure(model, checkpoint, config, dense)
     forward = report  # the narrowed type, for the closure
     latest = {"map": pruned_map, "pruned_map": pruned_map}

@@ -33,7 +33,7 @@ from search.tuner import _loopback_only, ray_session
 from tests.search.conftest import LEARNS, SMOKE, set_arguments
 from tests.search.test_search import SPACE, search
 from yolov2.config import load_config
-from yolov2.pipeline import run
+from yolov2.pipeline import dense_folder, run
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 2**20
@@ -106,7 +106,7 @@ def test_trials_spread_over_the_workers_and_share_one_dense_stage(
     config = load_config(SMOKE, OVERRIDES)
     key = dense.store_key(config)
     assert dense.published(Storage(str(directory)), key)
-    assert not dense.local_folder(config).exists()  # the driver's cache was never used
+    assert not dense_folder(config).exists()  # the driver's cache was never used
 
 
 def test_a_dense_config_of_the_trials_own_is_made_once_by_one_of_them(

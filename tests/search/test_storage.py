@@ -15,6 +15,7 @@ from search.storage import DRIVER_FILES, STUDY_FILE, Storage, join, pull, push
 from tests.search.conftest import LEARNS, SMOKE
 from yolov2.config import load_config
 from yolov2.errors import InputError
+from yolov2.pipeline import dense_folder
 
 
 @pytest.mark.parametrize("uri", [False, True])
@@ -100,6 +101,6 @@ def test_a_published_dense_stage_reaches_a_new_cache_whole(tmp_path: Path) -> No
     dense.publish(storage, key, made)
     assert dense.published(storage, key)
     assert dense.fetch(storage, key, config)
-    folder = dense.local_folder(config)
+    folder = dense_folder(config)
     assert (folder / "model.safetensors").read_text() == "w"
     assert (folder / dense.MADE_FILE).is_file()

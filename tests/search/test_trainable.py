@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from search.storage import Storage
-from search.trainable import CHECKPOINT_FILE, _final_checkpoint, trial_resources
-from yolov2.pipeline import METRICS_FILE
+from search.trainable import _final_checkpoint, trial_resources
+from yolov2.pipeline import CHECKPOINT_FILE, METRICS_FILE
 
 
 @pytest.mark.parametrize(

@@ -46,17 +46,7 @@ def test_a_small_model_overfits_a_handful_of_images(tmp_path: Path) -> None:
 
 
 def _fit(config: ExperimentConfig, out: Path, report: Any = None) -> dict[str, torch.Tensor]:
-    splits = load_splits(config.data)
-    model = initial_model(config, len(splits.classes))
-    result = fit(
-        model,
-        splits,
-        data=config.data,
-        train=config.train,
-        loss=config.loss,
-        out_dir=out,
-        report=report,
-    )
+    result = _fit_into(out, config, load_splits(config.data), report=report)
     assert len(result.history) == config.train.epochs
     return result.model.state_dict()
 
@@ -183,7 +173,11 @@ def _one_epoch(tmp_path: Path, *overrides: str) -> tuple[ExperimentConfig, Split
 
 
 def _fit_into(
-    out: Path, config: ExperimentConfig, splits: Splits, masks: WeightMasks | None = None
+    out: Path,
+    config: ExperimentConfig,
+    splits: Splits,
+    masks: WeightMasks | None = None,
+    report: Any = None,
 ) -> FitResult:
     model = initial_model(config, len(splits.classes))
     if masks is not None:
@@ -195,6 +189,7 @@ def _fit_into(
         train=config.train,
         loss=config.loss,
         out_dir=out,
+        report=report,
         masks=masks,
     )
 
