@@ -68,11 +68,15 @@ class TrainStep:
     def __init__(self, config: ExperimentConfig, num_classes: int, device: torch.device) -> None:
         arch = architecture(config.model, num_classes, config.data.input_size)
         self.model: YOLOv2 = build_model(arch).to(device).train()
+        self.memory_format = (
+            torch.channels_last if config.train.channels_last else torch.contiguous_format
+        )
+        self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = make_optimizer(self.model, config.train)
         self.config, self.device = config, device
 
     def __call__(self, batch: Batch) -> int:
-        inputs = batch[0].to(self.device)
+        inputs = batch[0].to(self.device).contiguous(memory_format=self.memory_format)
         targets = [
             {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
             for t in batch[1]

@@ -74,3 +74,76 @@ def test_every_benchmark_exits_with_the_verdict_of_its_targets(script: str) -> N
     # main raises SystemExit(check(...)), or returns it to sys.exit
     assert re.search(r"raise SystemExit\(\s*check\(|return check\(", source), script
     assert len(re.findall(r"Target\(\s*\"", source)) >= 1
+
+
+quality = _load("bench_search_quality")
+
+
+def _run(method: str, seed: int, points: list[tuple[float, float]]) -> object:
+    """A run starting from the dense model (map 0.8 at 1 GFLOP), then `points` (map, GFLOPs)."""
+    maps, gflops = zip(*[(0.8, 1.0), *points], strict=True)
+    return quality.Run(method, seed, maps, gflops, 0.8, 1.0, minutes=1.0)
+
+
+def test_a_runs_hypervolume_is_over_the_dense_models_box_and_grows_with_its_trials() -> None:
+    run = _run("tpe-stage", 0, [(0.7, 0.5), (0.5, 0.25)])
+    # (0.5 - 0.25) * 0.5 + (1.0 - 0.5) * 0.7, over the dense box 0.8 * 1.0
+    assert run.hypervolume() == pytest.approx(0.475 / 0.8)
+    assert run.hypervolume(2) == pytest.approx(0.35 / 0.8)  # the first two trials only
+    assert run.hypervolume(1) == 0.0  # the dense model alone dominates nothing inside its box
+
+
+def test_the_fewest_gflops_within_one_map_point_of_the_dense_model() -> None:
+    assert _run("sweep", 0, [(0.7, 0.5)]).fewest_gflops() == 1.0  # only the dense model is close
+    close = _run("sweep", 0, [(0.7, 0.3), (0.791, 0.6), (0.789, 0.4)])
+    assert close.fewest_gflops() == 0.6  # 0.789 lies more than 1 point below 0.8
+
+
+def test_methods_are_summarised_over_seeds_against_the_sweep() -> None:
+    runs = [
+        _run("sweep", 0, [(0.79, 0.8), (0.6, 0.5)]),
+        _run("sweep", 1, [(0.795, 0.8), (0.6, 0.5)]),
+        _run("tpe-stage", 0, [(0.795, 0.5), (0.6, 0.25)]),
+        _run("tpe-stage", 1, [(0.792, 0.4), (0.7, 0.5)]),
+    ]
+    sweep, tpe = quality.summarise(runs)
+    assert (sweep.method, sweep.seeds, tpe.method, tpe.seeds) == ("sweep", 2, "tpe-stage", 2)
+    assert sweep.hypervolume_vs_sweep == pytest.approx(1.0)
+    hv = [r.hypervolume() for r in runs]
+    assert tpe.hypervolume == pytest.approx((hv[2] + hv[3]) / 2)
+    assert (tpe.hypervolume_low, tpe.hypervolume_high) == (min(hv[2:]), max(hv[2:]))
+    assert tpe.hypervolume_vs_sweep == pytest.approx((hv[2] + hv[3]) / (hv[0] + hv[1]))
+    assert tpe.fewest_gflops == pytest.approx(0.45)
+    assert tpe.fewer_gflops_vs_sweep == pytest.approx(0.8 / 0.45)
+    assert quality.best_searched([sweep, tpe]) == (tpe, tpe)
+
+
+@pytest.mark.parametrize("method", quality.METHODS)
+def test_every_methods_experiment_is_a_valid_search_of_the_default_task(
+    method: str, tmp_path: Path
+) -> None:
+    import yaml
+
+    from search.space import build_space
+    from yolov2.config import load_config
+
+    source = tmp_path / f"{method}.yaml"
+    source.write_text(yaml.safe_dump(quality.experiment(method, 1, trials=9, epochs=2)))
+    config = load_config(source)
+    space = build_space(config, str(source))  # ratio counts and ranges checked as a run does
+    assert (config.name, config.search.num_samples, config.search.seed) == (f"{method}-s1", 9, 1)
+    assert (config.finetune.epochs, config.finetune.seed) == (2, 1)
+    if method == "sweep":  # every trial a uniform ratio at the experiment's own finetune
+        assert space.ratio_names == ("ratio",)
+        assert not space.entries
+        assert config.search.known_points[0] == 0.0
+        assert len(config.search.known_points) == 9
+        assert config.search.known_points[-1] == pytest.approx(0.6)
+    else:
+        assert config.search.known_points == [0.0]
+        assert config.search.sampler == method.split("-", maxsplit=1)[0]
+        assert len(space.ratio_names) == (22 if "layer" in method else 6)
+        assert [key for key, _ in space.entries] == [
+            "finetune.lr", "finetune_loss.coord_scale", "finetune_loss.object_scale"
+        ]  # fmt: skip
+        assert config.search.warm_start == ("sensitivity" if "warm" in method else "none")

@@ -208,7 +208,7 @@ def train_one_epoch(
     """One pass over `loader`; returns the mean of every loss term, the last lr and images/s."""
     model.train()
     use_amp = train.amp and device.type == "cuda"
-    memory_format = torch.channels_last if train.channels_last and device.type == "cuda" else None
+    memory_format = torch.channels_last if train.channels_last else None
     sums: dict[str, float] = {}
     images = 0
     start = time.perf_counter()
@@ -435,7 +435,7 @@ def fit(
     torch.manual_seed(train.seed)
     np.random.seed(train.seed)
     model = model.to(device)
-    if train.channels_last and device.type == "cuda":
+    if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = train_loader(splits.train, data, train)
     test_loader = eval_loader(splits.test, data, train.batch_size)
