@@ -52,13 +52,28 @@ class Space:
         """Whether a trial's sample can change the dense model (then each trial makes its own)."""
         return any(key.split(".")[0] in DENSE_SECTIONS for key, _ in self.entries)
 
-    def known_points(self, ratios: list[float]) -> list[dict[str, float]]:
-        """Enqueued first: the uniform ratios inside the searched range (0: the dense model)."""
+    def known_points(self, config: ExperimentConfig, ratios: list[float]) -> list[dict[str, Any]]:
+        """Enqueued first: the uniform ratios inside the searched range (0: the dense model), each
+        at the experiment's own values of the other searched keys (`defaults`)."""
         if self.ratios is None:
             return []
         low, high = self.ratios.low or 0.0, self.ratios.high or 0.0
         inside = [r for r in ratios if low <= r <= high]
-        return [dict.fromkeys(self.ratio_names, r) for r in inside]
+        return [self.at_defaults(config, dict.fromkeys(self.ratio_names, r)) for r in inside]
+
+    def at_defaults(self, config: ExperimentConfig, ratios: Mapping[str, float]) -> dict[str, Any]:
+        """A point of `ratios` with every other searched key at the experiment's own value, where
+        the search can give that value (a key whose value lies outside its range, or whose `when`
+        does not hold, is left to the sampler): a known point is the experiment as written, pruned
+        by those ratios."""
+        point: dict[str, Any] = dict(ratios)
+        for key, searched in self.entries:
+            if searched.when and any(point.get(k) != v for k, v in searched.when.items()):
+                continue
+            value = _get(config, key)
+            if _can_sample(searched, value):
+                point[key] = value
+        return point
 
     def apply(self, config: ExperimentConfig, params: Mapping[str, Any]) -> ExperimentConfig:
         """The experiment of one trial: `config` with the sampled values set; ratios all 0 are the
@@ -107,6 +122,14 @@ def sample(space: Space, trial: optuna.Trial) -> dict[str, Any]:
             continue
         params[key] = _suggest(trial, key, searched)
     return params
+
+
+def _can_sample(searched: Searched, value: Any) -> bool:
+    if searched.choices is not None:
+        return value in searched.choices
+    if not is_finite(value) or (searched.integer and value != int(value)):
+        return False
+    return bool((searched.low or 0.0) <= value <= (searched.high or 0.0))
 
 
 def _suggest(trial: optuna.Trial, key: str, searched: Searched) -> Any:

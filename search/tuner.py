@@ -334,8 +334,9 @@ def build_tuner(
     from ray import tune
 
     search = config.search
-    known = space.known_points(search.known_points)
-    warm = [point for point in warm_points if point not in known]
+    known = space.known_points(config, search.known_points)
+    warm = [space.at_defaults(config, point) for point in warm_points]
+    warm = [point for point in warm if point not in known]
     searcher = FrontSearch(
         space=partial(sample, space),
         metric=["map", search.cost],

@@ -299,8 +299,9 @@ class SearchConfig(Section):
     `space` maps a dotted path of the experiment (`finetune.lr`, `prune.method`, `loss.coord_scale`,
     `finetune_loss.object_scale`, ...) to how it is searched; search/space.py checks every path,
     range and ratio count against the experiment before Ray starts. `known_points` are uniform
-    pruning ratios evaluated first (0 is the dense model itself). `warm_start: sensitivity` adds,
-    after them, one point per `warm_start_budgets` entry (a fraction of the dense model's GFLOPs
+    pruning ratios evaluated first (0 is the dense model itself), each at the experiment's own
+    values of the other searched keys where the search can give them. `warm_start: sensitivity`
+    adds, after them, one point per `warm_start_budgets` entry (a fraction of the dense model's GFLOPs
     to remove): per-group ratios chosen greedily from the dense model's sensitivity to each group
     of `prune.ratios` pruned alone (yolov2/sensitivity.py)."""
 

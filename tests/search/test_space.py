@@ -87,9 +87,17 @@ def test_a_sample_becomes_the_trial_experiment(tmp_path: Path) -> None:
 def test_ratios_all_zero_are_the_dense_model(tmp_path: Path) -> None:
     config, source = _config(tmp_path)
     space = build_space(config, source)
-    (dense, point) = space.known_points([0.0, 0.3, 0.9])  # 0.9 lies outside [0, 0.6]
-    assert dense == dict.fromkeys(space.ratio_names, 0.0)
-    assert point == dict.fromkeys(space.ratio_names, 0.3)
+    (dense, point) = space.known_points(config, [0.0, 0.3, 0.9])  # 0.9 lies outside [0, 0.6]
+    # The other searched keys at the experiment's own values: filter (so no scope), its criterion,
+    # its lr and the loss's coord_scale; its 6 finetune epochs lie outside [1, 3]: sampled.
+    own = {
+        "prune.method": "filter",
+        "prune.criterion": config.prune.criterion,
+        "finetune.lr": 0.004,
+        "finetune_loss.coord_scale": config.loss.coord_scale,
+    }
+    assert dense == {**dict.fromkeys(space.ratio_names, 0.0), **own}
+    assert point == {**dict.fromkeys(space.ratio_names, 0.3), **own}
     trial = space.apply(config, {**dense, "prune.method": "weight", "prune.scope": "layer"})
     assert trial.prune.method == "none"
     row = space.row(config, {**dense, "prune.method": "weight", "prune.scope": "layer"})
