@@ -15,15 +15,34 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from search.trainable import FINISHED
-from yolov2.config import EarlyStopConfig
+from yolov2.config import EarlyStopConfig, ExperimentConfig
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
 log = logging.getLogger("prune-search")
+
+
+def make_scheduler(config: ExperimentConfig) -> TrialScheduler | None:
+    """The experiment's early stopping: ours (`rule: front`), Ray's ASHA on map alone (`asha`), or
+    none. ASHA's rungs lie at `every` x 2^k epochs, where the trials evaluate; its `max_t` lies past
+    the last epoch, so that ASHA never stops a trial that is about to report its finished result."""
+    settings = config.search.early_stop
+    if settings is None:
+        return None
+    if settings.rule == "asha":
+        return ASHAScheduler(
+            time_attr="epoch",
+            metric="map",
+            mode="max",
+            max_t=config.finetune.epochs + 1,
+            grace_period=min(settings.every, config.finetune.epochs),
+            reduction_factor=2,
+        )
+    return FrontStopper(config.search.cost, settings)
 
 
 def dominated_at(
@@ -38,10 +57,10 @@ def dominated_at(
 class FrontStopper(FIFOScheduler):
     """Runs trials in order (FIFO) and stops the ones the completed trials dominate (above)."""
 
-    def __init__(self, cost: str, rule: EarlyStopConfig) -> None:
+    def __init__(self, cost: str, settings: EarlyStopConfig) -> None:
         super().__init__()
         self.cost = cost
-        self.rule = rule
+        self.settings = settings
         self._maps: dict[str, dict[int, float]] = {}  # trial -> evaluated epoch -> map
         self._costs: dict[str, float] = {}
         self._completed: set[str] = set()
@@ -50,7 +69,7 @@ class FrontStopper(FIFOScheduler):
         epoch, map_, cost = result.get("epoch"), result.get("map"), result.get(self.cost)
         if result.get(FINISHED) or epoch is None or map_ is None or cost is None:
             return TrialScheduler.CONTINUE
-        if int(epoch) % self.rule.every:  # not evaluated at this epoch: map is an older one
+        if int(epoch) % self.settings.every:  # not evaluated at this epoch: map is an older one
             return TrialScheduler.CONTINUE
         self._maps.setdefault(trial.trial_id, {})[int(epoch)] = float(map_)
         self._costs[trial.trial_id] = float(cost)
@@ -59,9 +78,9 @@ class FrontStopper(FIFOScheduler):
             for done in self._completed
             if int(epoch) in self._maps.get(done, {})
         ]
-        if len(rivals) < self.rule.min_completed:
+        if len(rivals) < self.settings.min_completed:
             return TrialScheduler.CONTINUE
-        if dominated_at(float(map_), float(cost), rivals, self.rule.margin):
+        if dominated_at(float(map_), float(cost), rivals, self.settings.margin):
             log.info(
                 "trial %s stopped at finetune epoch %d: map %.4f at %.4g %s is dominated by a "
                 "completed trial at that epoch",

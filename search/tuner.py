@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.search.optuna import OptunaSearch
 
 from search import dense, warm_start
-from search.early_stop import FrontStopper
+from search.early_stop import make_scheduler
 from search.pareto import Front, Ledger, pareto_front, trials_table
 from search.reporting import SearchViews, TrialCurves, write_front
 from search.space import Space, build_space, is_finite, sample
@@ -353,7 +353,7 @@ def build_tuner(
             search_alg=searcher,
             num_samples=search.num_samples,
             max_concurrent_trials=search.max_concurrent,
-            scheduler=FrontStopper(search.cost, search.early_stop) if search.early_stop else None,
+            scheduler=make_scheduler(config),
             trial_dirname_creator=trial_dirname,
             reuse_actors=True,  # a new trial starts in a warm worker: torch imported, data read
         ),

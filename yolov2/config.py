@@ -286,8 +286,12 @@ class EarlyStopConfig(Section):
     same finetune epoch: every `every` epochs the finetune evaluates, and a trial stops when a
     completed trial of no more cost had a map at least `margin` higher at that epoch (with at
     least `min_completed` completed trials to compare with). Stopped trials are PRUNED in the
-    study and never on the front; their slots go to new trials."""
+    study and never on the front; their slots go to new trials. `rule: asha` stops by Ray's ASHA
+    on map alone instead, the usual scalar scheduler, for comparison (bench/bench_early_stop.py):
+    at epochs `every`, 2 x `every`, 4 x `every`, ... a trial below the median map of the trials
+    that reached that epoch stops, whatever its cost (`margin` and `min_completed` unused)."""
 
+    rule: Literal["front", "asha"] = "front"
     every: int = Field(2, ge=1)
     margin: float = Field(0.02, ge=0, le=1)
     min_completed: int = Field(2, ge=1)
@@ -301,9 +305,9 @@ class SearchConfig(Section):
     range and ratio count against the experiment before Ray starts. `known_points` are uniform
     pruning ratios evaluated first (0 is the dense model itself), each at the experiment's own
     values of the other searched keys where the search can give them. `warm_start: sensitivity`
-    adds, after them, one point per `warm_start_budgets` entry (a fraction of the dense model's GFLOPs
-    to remove): per-group ratios chosen greedily from the dense model's sensitivity to each group
-    of `prune.ratios` pruned alone (yolov2/sensitivity.py)."""
+    adds, after them, one point per `warm_start_budgets` entry (a fraction of the dense model's
+    GFLOPs to remove): per-group ratios chosen greedily from the dense model's sensitivity to each
+    group of `prune.ratios` pruned alone (yolov2/sensitivity.py)."""
 
     num_samples: int = Field(12, ge=1)
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"  # multi-objective: map up, cost down

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from ray.tune.schedulers import ASHAScheduler
 
-from search.early_stop import dominated_at
+from search.early_stop import FrontStopper, dominated_at, make_scheduler
 from tests.search.conftest import SMOKE, set_arguments, smoke_overrides
 from tests.search.test_search import search
+from yolov2.config import load_config
 
 EPOCHS = 4
 MARGIN = 0.02
@@ -69,14 +73,9 @@ def test_a_dominated_trial_stops_early_and_is_pruned_not_on_the_front(
     assert len(stopped) == states.count("PRUNED")
     assert not stopped["pareto"].any()
     assert "stopped early" in err
+    curves = _curves(directory)
     # Each stopped trial ended before its last epoch, beaten at its stop epoch by a completed
     # trial of no more cost, by more than the margin.
-    curves = {
-        d.name.removeprefix("trial_"): [
-            json.loads(line) for line in (d / "result.json").read_text().splitlines()
-        ]
-        for d in directory.glob("ray/trial_*")
-    }
     completed = table[table["state"] == "COMPLETE"]["trial_id"]
     for trial_id in stopped["trial_id"]:
         last = curves[trial_id][-1]
@@ -88,3 +87,63 @@ def test_a_dominated_trial_stops_early_and_is_pruned_not_on_the_front(
             if row.get("epoch") == last["epoch"] and not row["finished"]
         ]
         assert dominated_at(last["map"], last["size_mb"], rivals, MARGIN)
+
+
+def _curves(directory: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each trial's reports, from Ray's result.json."""
+    return {
+        d.name.removeprefix("trial_"): [
+            json.loads(line) for line in (d / "result.json").read_text().splitlines()
+        ]
+        for d in directory.glob("ray/trial_*")
+    }
+
+
+def test_ashas_rungs_lie_where_the_trials_evaluate_and_before_the_finished_report() -> None:
+    config = load_config(SMOKE, ["finetune.epochs=7", "search.early_stop={rule: asha, every: 2}"])
+    scheduler = make_scheduler(config)
+    assert isinstance(scheduler, ASHAScheduler)
+    rungs = sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs)
+    assert rungs == [2, 4, 8]  # evaluated epochs (8 is never reached)
+    # max_t past the last epoch: ASHA never stops a trial between its last epoch and its
+    # finished report (it stops any trial whose epoch reaches max_t)
+    assert scheduler._max_t == 8
+    front = make_scheduler(load_config(SMOKE, ["search.early_stop={every: 2}"]))
+    assert isinstance(front, FrontStopper)
+    assert make_scheduler(load_config(SMOKE)) is None
+
+
+def test_asha_stops_a_trial_below_the_median_of_its_rung_whatever_its_cost(
+    smoke_cache: Path, tmp_path: Path
+) -> None:
+    """Ray's ASHA on map alone, the scalar scheduler the front stopper is compared with: the trial
+    that finetunes with 1e-7 falls below the maps the earlier trials had at its rung, and stops."""
+    rule = f"search.early_stop={{rule: asha, every: 1, margin: {MARGIN}, min_completed: 1}}"
+    overrides = smoke_overrides(smoke_cache, *OVERRIDES[:-1], rule)
+    code, _out, err = search(
+        ["run", str(SMOKE), "--storage", str(tmp_path), "--num-samples", "4",
+         *set_arguments(overrides)]
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    directory = tmp_path / "smoke"
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{directory / 'study.db'}")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    states = [t.state.name for t in trials]
+    assert "PRUNED" in states
+    assert "RUNNING" not in states
+    table = pd.read_csv(directory / "trials.csv").set_index("trial_id")
+    assert not table[table["state"] == "PRUNED"]["pareto"].any()
+    assert any(t.params["finetune.lr"] < 1e-6 for t in trials if t.state.name == "PRUNED")
+    curves = _curves(directory)
+    order = [t.user_attrs["ray_trial_id"] for t in trials]  # one at a time, in this order
+    for index, trial in enumerate(trials):
+        if trial.state.name != "PRUNED":
+            continue
+        last = curves[order[index]][-1]
+        assert last["epoch"] in (1, 2, 4)
+        assert last["epoch"] < EPOCHS
+        earlier = [
+            row["map"] for done in order[:index] for row in curves[done]
+            if row.get("epoch") == last["epoch"] and not row["finished"]
+        ]  # fmt: skip
+        assert last["map"] < np.median(earlier)
