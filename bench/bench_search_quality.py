@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from searches import ROOT, default_experiment, run_variant  # bench/searches.py, beside this
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / "experiments" / "default.yaml"
 SWEEP = "sweep"
 METHODS = ("sweep", "tpe-stage", "random-stage", "nsga2-stage", "tpe-layer", "tpe-stage-warm")
 WITHIN = 0.01  # "within 1 map point of the dense model"
@@ -128,12 +127,9 @@ def best_searched(summaries: Sequence[Summary]) -> tuple[Summary, Summary]:
 
 def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, Any]:
     """The default experiment as `method` searches it on `seed`, as the YAML's raw mapping."""
-    import yaml
-
-    raw: dict[str, Any] = yaml.safe_load(DEFAULT.read_text())
+    raw = default_experiment(f"{method}-s{seed}")
     search = raw["search"]
     low, high = search["space"]["prune.ratios"]["low"], search["space"]["prune.ratios"]["high"]
-    raw["name"] = f"{method}-s{seed}"
     raw["finetune"].update(epochs=epochs, seed=seed)
     search.update(num_samples=trials, seed=seed, known_points=[0.0])
     if method == SWEEP:
@@ -154,25 +150,8 @@ def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, An
 
 def run_one(method: str, seed: int, trials: int, epochs: int, out: Path) -> Run:
     """The run of `method` on `seed` in `out`: made, resumed or read back when finished."""
-    import yaml
-
-    from search import tuner
-    from search.storage import Storage
-    from yolov2.config import load_config
-
-    raw = experiment(method, seed, trials, epochs)
-    source = out / f"{raw['name']}.yaml"
-    out.mkdir(parents=True, exist_ok=True)
-    source.write_text(yaml.safe_dump(raw, sort_keys=False))
-    config = load_config(source)
-    timing = out / f"{raw['name']}.minutes"
-    start = time.perf_counter()
-    outcome = tuner.run(config, str(source), Storage(str((out / config.name).resolve())), None)
-    if not outcome.finished:
-        raise SystemExit(f"{outcome.directory}: the search was interrupted; run again to go on")
-    if not timing.is_file():  # the first time it finished: a run read back keeps its time
-        timing.write_text(f"{(time.perf_counter() - start) / 60:.3f}\n")
-    return read_run(outcome.directory, method, seed, float(timing.read_text()))
+    directory, minutes = run_variant(experiment(method, seed, trials, epochs), out)
+    return read_run(directory, method, seed, minutes)
 
 
 def read_run(directory: Path, method: str, seed: int, minutes: float) -> Run:

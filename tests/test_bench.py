@@ -20,6 +20,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def _load(name: str) -> ModuleType:
+    if str(BENCH) not in sys.path:  # as when the script runs: its helpers lie beside it
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
@@ -147,3 +149,61 @@ def test_every_methods_experiment_is_a_valid_search_of_the_default_task(
             "finetune.lr", "finetune_loss.coord_scale", "finetune_loss.object_scale"
         ]  # fmt: skip
         assert config.search.warm_start == ("sensitivity" if "warm" in method else "none")
+
+
+early_stop = _load("bench_early_stop")
+
+
+def _timeline(rule: str, seed: int, trials: list[tuple[float, str, float, float]]) -> object:
+    """The dense model (map 0.8 at 1 GFLOP, ended at 1 s), then (end s, state, map, GFLOPs)."""
+    ends, states, maps, gflops = zip(*[(1.0, "COMPLETE", 0.8, 1.0), *trials], strict=True)
+    return early_stop.Timeline(rule, seed, ends, states, maps, gflops, 0.8, 1.0)
+
+
+def test_a_timelines_hypervolume_counts_only_the_trials_completed_by_then() -> None:
+    line = _timeline(
+        "front", 0, [(100.0, "COMPLETE", 0.7, 0.5), (150.0, "PRUNED", 0.75, 0.2),
+                     (300.0, "COMPLETE", 0.5, 0.25)]
+    )  # fmt: skip
+    assert line.duration == 300.0
+    assert line.hypervolume_at(50.0) == 0.0
+    assert line.hypervolume_at(100.0) == pytest.approx(0.35 / 0.8)  # the stopped one never counts
+    assert line.hypervolume_at(300.0) == pytest.approx(0.475 / 0.8)
+    assert (line.count("COMPLETE"), line.count("PRUNED"), line.count("COMPLETE", 200.0)) == (
+        3,
+        1,
+        2,
+    )
+
+
+def test_rules_are_compared_at_equal_wall_time_up_to_the_shortest_run() -> None:
+    slow = _timeline("none", 0, [(400.0, "COMPLETE", 0.7, 0.5), (800.0, "COMPLETE", 0.5, 0.25)])
+    quick = _timeline("front", 0, [(300.0, "COMPLETE", 0.7, 0.5), (500.0, "PRUNED", 0.2, 0.3),
+                                   (600.0, "COMPLETE", 0.5, 0.25)])  # fmt: skip
+    result = early_stop.compare([slow, quick], unit_s=250.0)
+    seed = result["seeds"][0]
+    assert seed["common_end_s"] == 600.0
+    assert seed["marks_s"] == [250.0, 500.0, 600.0]
+    assert seed["hypervolume"]["none"] == pytest.approx([0.0, 0.35 / 0.8, 0.35 / 0.8])
+    assert seed["hypervolume"]["front"] == pytest.approx([0.0, 0.35 / 0.8, 0.475 / 0.8])
+    assert seed["at_end"]["none"]["hypervolume"] == pytest.approx(0.475 / 0.8)  # its own end
+    assert seed["at_end"]["front"]["stopped"] == 1
+    assert result["mean_at_common_end"] == pytest.approx({"none": 0.35 / 0.8, "front": 0.475 / 0.8})
+
+
+@pytest.mark.parametrize("rule", early_stop.RULES)
+def test_every_rules_experiment_is_a_valid_search_of_the_default_task(
+    rule: str, tmp_path: Path
+) -> None:
+    import yaml
+
+    from search.early_stop import make_scheduler
+    from yolov2.config import load_config
+
+    source = tmp_path / f"{rule}.yaml"
+    source.write_text(yaml.safe_dump(early_stop.experiment(rule, 1, trials=9, epochs=7, every=2)))
+    config = load_config(source)
+    assert (config.name, config.search.num_samples, config.finetune.epochs) == (f"{rule}-s1", 9, 7)
+    scheduler = make_scheduler(config)
+    expected = {"none": "NoneType", "asha": "AsyncHyperBandScheduler", "front": "FrontStopper"}
+    assert type(scheduler).__name__ == expected[rule]

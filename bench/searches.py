@@ -1,0 +1,44 @@
+"""What the search benchmarks share: a variant of the default experiment run as a real search.
+
+`run_variant` writes the variant's experiment beside its folder, runs `prune-search run` on it (or
+resumes it, or reads it back when it finished), and keeps the minutes of the run that finished it,
+so that an interrupted benchmark carries on where it stopped and reports every run's own time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "experiments" / "default.yaml"
+
+
+def default_experiment(name: str) -> dict[str, Any]:
+    """The default experiment as its YAML's raw mapping, renamed."""
+    raw: dict[str, Any] = yaml.safe_load(DEFAULT.read_text())
+    raw["name"] = name
+    return raw
+
+
+def run_variant(raw: dict[str, Any], out: Path) -> tuple[Path, float]:
+    """The experiment folder `out/<name>` of the search of `raw`, finished, and its minutes."""
+    from search import tuner
+    from search.storage import Storage
+    from yolov2.config import load_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    source = out / f"{raw['name']}.yaml"
+    source.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = load_config(source)
+    timing = out / f"{config.name}.minutes"
+    start = time.perf_counter()
+    outcome = tuner.run(config, str(source), Storage(str((out / config.name).resolve())), None)
+    if not outcome.finished:
+        raise SystemExit(f"{outcome.directory}: the search was interrupted; run again to go on")
+    if not timing.is_file():  # the first time it finished: a run read back keeps its time
+        timing.write_text(f"{(time.perf_counter() - start) / 60:.3f}\n")
+    return outcome.directory, float(timing.read_text())
