@@ -25,7 +25,6 @@ finished there is read back, not run again, so an interrupted benchmark carries 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -35,7 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from searches import ROOT, default_experiment, run_variant  # bench/searches.py, beside this
+from searches import (  # bench/searches.py, beside this
+    ROOT,
+    default_experiment,
+    run_variant,
+    write_results,
+)
 
 SWEEP = "sweep"
 METHODS = ("sweep", "tpe-stage", "random-stage", "nsga2-stage", "tpe-layer", "tpe-stage-warm")
@@ -177,7 +181,7 @@ def read_run(directory: Path, method: str, seed: int, minutes: float) -> Run:
     )
 
 
-def plot(runs: Sequence[Run], path: Path) -> None:
+def plot(runs: Sequence[Run]) -> Any:
     """Each seed's fronts, the methods overlaid, and the mean hypervolume after each trial."""
     import matplotlib
 
@@ -222,10 +226,7 @@ def plot(runs: Sequence[Run], path: Path) -> None:
     )
     curve.legend(fontsize=7)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path.with_suffix(".tmp.png"), dpi=110)
-    path.with_suffix(".tmp.png").replace(path)
-    plt.close(figure)
+    return figure
 
 
 def report(runs: Sequence[Run], results: Path, warm_first: int) -> int:
@@ -245,7 +246,6 @@ def report(runs: Sequence[Run], results: Path, warm_first: int) -> int:
     warm = _warm_start_rows(runs, warm_first)
     for line in warm:
         print(line)
-    results.mkdir(parents=True, exist_ok=True)
     payload = {
         "runs": [
             {**asdict(r), "hypervolume": r.hypervolume(), "fewest_gflops": r.fewest_gflops()}
@@ -254,11 +254,8 @@ def report(runs: Sequence[Run], results: Path, warm_first: int) -> int:
         "summaries": [asdict(s) for s in summaries],
         "warm_start": warm,
     }
-    target = results / "search-quality.json"
-    target.with_suffix(".tmp").write_text(json.dumps(payload, indent=2))
-    target.with_suffix(".tmp").replace(target)
-    plot(runs, results / "search-quality.png")
-    print(f"written: {target}, {results / 'search-quality.png'}")
+    write_results(payload, plot(runs), results / "search-quality")
+    print(f"written: {results / 'search-quality.json'}, {results / 'search-quality.png'}")
 
     from targets import Target, check  # bench/targets.py, beside this script
 

@@ -7,6 +7,7 @@ so that an interrupted benchmark carries on where it stopped and reports every r
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -42,3 +43,18 @@ def run_variant(raw: dict[str, Any], out: Path) -> tuple[Path, float]:
     if not timing.is_file():  # the first time it finished: a run read back keeps its time
         timing.write_text(f"{(time.perf_counter() - start) / 60:.3f}\n")
     return outcome.directory, float(timing.read_text())
+
+
+def write_results(payload: dict[str, Any], figure: Any, stem: Path) -> None:
+    """`stem`.json and `stem`.png (a matplotlib figure, closed), each through a temporary file."""
+    import matplotlib.pyplot as plt
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, write in (
+        (".json", lambda path: path.write_text(json.dumps(payload, indent=2))),
+        (".png", lambda path: figure.savefig(path, format="png", dpi=110)),
+    ):
+        temporary = stem.with_suffix(f".tmp{suffix}")
+        write(temporary)
+        temporary.replace(stem.with_suffix(suffix))
+    plt.close(figure)

@@ -207,3 +207,36 @@ def test_every_rules_experiment_is_a_valid_search_of_the_default_task(
     scheduler = make_scheduler(config)
     expected = {"none": "NoneType", "asha": "AsyncHyperBandScheduler", "front": "FrontStopper"}
     assert type(scheduler).__name__ == expected[rule]
+
+
+def test_the_quality_report_writes_its_figures_and_exits_with_the_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    runs = [
+        _run("sweep", 0, [(0.79, 0.8), (0.6, 0.5)]),
+        _run("tpe-stage", 0, [(0.795, 0.5), (0.6, 0.25)]),
+        _run("tpe-stage-warm", 0, [(0.5, 0.9), (0.4, 0.8)]),
+    ]
+    assert quality.report(runs, tmp_path, warm_first=2) == 0  # tpe-stage beats the sweep
+    written = json.loads((tmp_path / "search-quality.json").read_text())
+    assert [s["method"] for s in written["summaries"]] == ["sweep", "tpe-stage", "tpe-stage-warm"]
+    assert (tmp_path / "search-quality.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob("*.tmp*"))
+    out = capsys.readouterr().out
+    assert "warm start, seed 0: hypervolume after 2 trials" in out
+    assert quality.report(runs[::2], tmp_path, warm_first=2) == 1  # the warm one alone loses
+
+
+def test_the_early_stop_report_writes_its_figures_and_exits_with_the_verdict(
+    tmp_path: Path,
+) -> None:
+    lines = [
+        _timeline("none", 0, [(400.0, "COMPLETE", 0.7, 0.5), (800.0, "COMPLETE", 0.5, 0.25)]),
+        _timeline("asha", 0, [(300.0, "PRUNED", 0.2, 0.3), (700.0, "COMPLETE", 0.7, 0.5)]),
+        _timeline("front", 0, [(300.0, "COMPLETE", 0.7, 0.5), (600.0, "COMPLETE", 0.5, 0.25)]),
+    ]
+    assert early_stop.report(lines, 300.0, tmp_path) == 0
+    assert (tmp_path / "early-stop.png").read_bytes()[:4] == b"\x89PNG"
+    assert early_stop.report([lines[1], lines[0], lines[2]][:2], 300.0, tmp_path) == 1
