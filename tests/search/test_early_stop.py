@@ -56,14 +56,7 @@ def test_a_trial_is_dominated_only_by_a_rival_of_no_more_cost_beyond_the_margin(
 def test_a_dominated_trial_stops_early_and_is_pruned_not_on_the_front(
     smoke_cache: Path, tmp_path: Path
 ) -> None:
-    overrides = smoke_overrides(smoke_cache, *OVERRIDES)
-    code, _out, err = search(
-        ["run", str(SMOKE), "--storage", str(tmp_path), "--num-samples", "4",
-         *set_arguments(overrides)]
-    )  # fmt: skip
-    assert code == 0, err[-3000:]
-    directory = tmp_path / "smoke"
-    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{directory / 'study.db'}")
+    directory, study, err = _stopping_search(smoke_cache, tmp_path, *OVERRIDES)
     states = [t.state.name for t in study.trials]
     assert "PRUNED" in states
     assert "RUNNING" not in states
@@ -87,6 +80,20 @@ def test_a_dominated_trial_stops_early_and_is_pruned_not_on_the_front(
             if row.get("epoch") == last["epoch"] and not row["finished"]
         ]
         assert dominated_at(last["map"], last["size_mb"], rivals, MARGIN)
+
+
+def _stopping_search(
+    smoke_cache: Path, tmp_path: Path, *overrides: str
+) -> tuple[Path, optuna.Study, str]:
+    """The smoke search of 4 trials with `overrides`: its folder, its study and its log."""
+    arguments = set_arguments(smoke_overrides(smoke_cache, *overrides))
+    code, _out, err = search(
+        ["run", str(SMOKE), "--storage", str(tmp_path), "--num-samples", "4", *arguments]
+    )
+    assert code == 0, err[-3000:]
+    directory = tmp_path / "smoke"
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{directory / 'study.db'}")
+    return directory, study, err
 
 
 def _curves(directory: Path) -> dict[str, list[dict[str, Any]]]:
@@ -119,14 +126,7 @@ def test_asha_stops_a_trial_below_the_median_of_its_rung_whatever_its_cost(
     """Ray's ASHA on map alone, the scalar scheduler the front stopper is compared with: the trial
     that finetunes with 1e-7 falls below the maps the earlier trials had at its rung, and stops."""
     rule = f"search.early_stop={{rule: asha, every: 1, margin: {MARGIN}, min_completed: 1}}"
-    overrides = smoke_overrides(smoke_cache, *OVERRIDES[:-1], rule)
-    code, _out, err = search(
-        ["run", str(SMOKE), "--storage", str(tmp_path), "--num-samples", "4",
-         *set_arguments(overrides)]
-    )  # fmt: skip
-    assert code == 0, err[-3000:]
-    directory = tmp_path / "smoke"
-    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{directory / 'study.db'}")
+    directory, study, _err = _stopping_search(smoke_cache, tmp_path, *OVERRIDES[:-1], rule)
     trials = sorted(study.trials, key=lambda t: t.number)
     states = [t.state.name for t in trials]
     assert "PRUNED" in states
