@@ -8,7 +8,10 @@ same finetune budget per trial, on each seed (the sampler's and the finetune's):
   finetune lr and two finetune loss scales) with Optuna's TPE, NSGA-II and random sampling;
 - `tpe-layer`: TPE over a ratio per prunable layer (and the same three keys);
 - `tpe-stage-warm`: `tpe-stage` started from the dense model's sensitivity
-  (`search.warm_start: sensitivity`).
+  (`search.warm_start: sensitivity`, its 3 default budgets);
+- `sensitivity-stage`: a sweep along the sensitivity's allocations instead of uniform ratios: a
+  ratio per stage alone, the warm start's budgets spread over 5-80% fewer GFLOPs, one per trial
+  (TPE fills the trials that duplicate allocations leave), at the experiment's own finetune.
 Every search starts from the dense model (ratio 0), as the sweep does. For each run: the
 hypervolume of its (map, GFLOPs) front with the reference (map 0, the dense model's GFLOPs),
 normalised by the dense model's own box (its map times its GFLOPs), after each trial and at the
@@ -42,7 +45,10 @@ from searches import (  # bench/searches.py, beside this
 )
 
 SWEEP = "sweep"
-METHODS = ("sweep", "tpe-stage", "random-stage", "nsga2-stage", "tpe-layer", "tpe-stage-warm")
+SENSITIVITY = "sensitivity-stage"
+METHODS = (
+    "sweep", "tpe-stage", "random-stage", "nsga2-stage", "tpe-layer", "tpe-stage-warm", SENSITIVITY
+)  # fmt: skip
 WITHIN = 0.01  # "within 1 map point of the dense model"
 
 
@@ -142,6 +148,14 @@ def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, An
             sampler="random",
             known_points=[round(float(r), 4) for r in grid],
             space={"prune.ratios": {"groups": "uniform", "low": low, "high": high}},
+        )
+        return raw
+    if method == SENSITIVITY:  # a sweep along the sensitivity's allocations, of ratios alone
+        search.update(
+            sampler="tpe",
+            space={"prune.ratios": {"groups": "stage", "low": low, "high": high}},
+            warm_start="sensitivity",
+            warm_start_budgets=[round(float(b), 4) for b in np.linspace(0.05, 0.8, trials - 1)],
         )
         return raw
     sampler, groups, *warm = method.split("-")

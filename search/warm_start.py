@@ -102,8 +102,8 @@ def known_points(
     high: float,
 ) -> list[dict[str, float]]:
     """One point per budget (a point two budgets share, once), its ratios in [low, high] named
-    `names` (the space's), the GFLOPs they remove counted exactly from the widths they give; the
-    other searched keys are sampled, as for the uniform known points."""
+    `names` (the space's), the GFLOPs they remove counted exactly from the widths they give (the
+    tuner sets the other searched keys to the experiment's own values, as for the known points)."""
     arch = dense_architecture(config, len(config.data.class_names()))
     size = config.data.input_size
     points: list[dict[str, float]] = []

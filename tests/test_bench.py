@@ -135,7 +135,12 @@ def test_every_methods_experiment_is_a_valid_search_of_the_default_task(
     space = build_space(config, str(source))  # ratio counts and ranges checked as a run does
     assert (config.name, config.search.num_samples, config.search.seed) == (f"{method}-s1", 9, 1)
     assert (config.finetune.epochs, config.finetune.seed) == (2, 1)
-    if method == "sweep":  # every trial a uniform ratio at the experiment's own finetune
+    if method == "sensitivity-stage":  # the warm start's budgets, one per trial but the dense
+        assert len(config.search.warm_start_budgets) == 8  # model's
+        assert config.search.warm_start == "sensitivity"
+        assert len(space.ratio_names) == 6
+        assert not space.entries
+    elif method == "sweep":  # every trial a uniform ratio at the experiment's own finetune
         assert space.ratio_names == ("ratio",)
         assert not space.entries
         assert config.search.known_points[0] == 0.0
