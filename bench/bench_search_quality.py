@@ -21,8 +21,9 @@ method's mean hypervolume >= 1.05 x the sweep's, and >= 1.3 x fewer GFLOPs than 
 dense - 1 point. Each run is a real `prune-search run` into `--out/<method>-s<seed>`; a run already
 finished there is read back, not run again, so an interrupted benchmark carries on.
 
-    python bench/bench_search_quality.py [--trials 14] [--epochs 2] [--seeds 0 1]
+    python bench/bench_search_quality.py [--trials 16] [--epochs 2] [--seeds 0 1]
         [--methods sweep tpe-stage ...] [--out runs/bench-quality] [--results bench/results]
+        [--finished-only]
 """
 
 from __future__ import annotations
@@ -309,7 +310,7 @@ def _warm_start_rows(runs: Sequence[Run], first: int) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=14, help="trials per run (default 14)")
+    parser.add_argument("--trials", type=int, default=16, help="trials per run (default 16)")
     parser.add_argument("--epochs", type=int, default=2, help="finetune epochs per trial")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -317,14 +318,25 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--warm-first", type=int, default=4,
                         help="the warm start is compared after this many trials")  # fmt: skip
+    parser.add_argument("--finished-only", action="store_true",
+                        help="run nothing: report the runs that finished in --out")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     start = time.perf_counter()
     runs = []
     for seed in args.seeds:
         for method in args.methods:
-            runs.append(run_one(method, seed, args.trials, args.epochs, args.out))
-            logging.info("%s-s%d done: hypervolume %.4f", method, seed, runs[-1].hypervolume())
+            if args.finished_only:
+                name = f"{method}-s{seed}"
+                timing = args.out / f"{name}.minutes"
+                if not timing.is_file():
+                    print(f"{args.out / name}: not finished, left out")
+                    continue
+                run = read_run(args.out / name, method, seed, float(timing.read_text()))
+            else:
+                run = run_one(method, seed, args.trials, args.epochs, args.out)
+            runs.append(run)
+            logging.info("%s-s%d done: hypervolume %.4f", method, seed, run.hypervolume())
     print(f"the benchmark took {(time.perf_counter() - start) / 60:.1f} min")
     return report(runs, args.results, args.warm_first)
 
