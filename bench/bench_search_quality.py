@@ -338,6 +338,9 @@ def main() -> int:
             runs.append(run)
             logging.info("%s-s%d done: hypervolume %.4f", method, seed, run.hypervolume())
     print(f"the benchmark took {(time.perf_counter() - start) / 60:.1f} min")
+    if not runs:
+        print(f"{args.out}: no finished run of these methods and seeds to report")
+        return 1
     return report(runs, args.results, args.warm_first)
 
 
