@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from searches import (  # bench/searches.py, beside this
     ROOT,
+    box_hypervolume,
     default_experiment,
     run_variant,
     write_results,
@@ -63,15 +64,13 @@ class Timeline:
 
     def hypervolume_at(self, seconds: float) -> float:
         """The hypervolume of the trials completed by `seconds`, over the dense model's box."""
-        from search.pareto import hypervolume
-
         done = [
             (m, c)
             for end, state, m, c in zip(self.ends, self.states, self.maps, self.gflops, strict=True)
             if state == "COMPLETE" and end <= seconds
         ]
         maps, costs = [m for m, _ in done], [c for _, c in done]
-        return hypervolume(maps, costs, self.dense_gflops) / (self.dense_map * self.dense_gflops)
+        return box_hypervolume(maps, costs, self.dense_map, self.dense_gflops)
 
     def count(self, state: str, seconds: float = float("inf")) -> int:
         return sum(

@@ -40,7 +40,9 @@ from typing import Any
 import numpy as np
 from searches import (  # bench/searches.py, beside this
     ROOT,
+    box_hypervolume,
     default_experiment,
+    finished_variant,
     run_variant,
     write_results,
 )
@@ -67,11 +69,9 @@ class Run:
 
     def hypervolume(self, first: int | None = None) -> float:
         """The front's hypervolume over the dense model's box, from the first `first` trials."""
-        from search.pareto import hypervolume
-
-        maps, costs = self.maps[:first], self.gflops[:first]
-        box = self.dense_map * self.dense_gflops
-        return hypervolume(maps, costs, self.dense_gflops) / box if box > 0 else float("nan")
+        return box_hypervolume(
+            self.maps[:first], self.gflops[:first], self.dense_map, self.dense_gflops
+        )
 
     def fewest_gflops(self) -> float:
         """The fewest GFLOPs among the trials within `WITHIN` map of the dense model."""
@@ -327,12 +327,13 @@ def main() -> int:
     for seed in args.seeds:
         for method in args.methods:
             if args.finished_only:
-                name = f"{method}-s{seed}"
-                timing = args.out / f"{name}.minutes"
-                if not timing.is_file():
+                name = experiment(method, seed, args.trials, args.epochs)["name"]
+                finished = finished_variant(name, args.out)
+                if finished is None:
                     print(f"{args.out / name}: not finished, left out")
                     continue
-                run = read_run(args.out / name, method, seed, float(timing.read_text()))
+                directory, minutes = finished
+                run = read_run(directory, method, seed, minutes)
             else:
                 run = run_one(method, seed, args.trials, args.epochs, args.out)
             runs.append(run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def run_variant(raw: dict[str, Any], out: Path) -> tuple[Path, float]:
     source = out / f"{raw['name']}.yaml"
     source.write_text(yaml.safe_dump(raw, sort_keys=False))
     config = load_config(source)
-    timing = out / f"{config.name}.minutes"
+    timing = _timing(out, config.name)
     start = time.perf_counter()
     outcome = tuner.run(config, str(source), Storage(str((out / config.name).resolve())), None)
     if not outcome.finished:
@@ -43,6 +44,27 @@ def run_variant(raw: dict[str, Any], out: Path) -> tuple[Path, float]:
     if not timing.is_file():  # the first time it finished: a run read back keeps its time
         timing.write_text(f"{(time.perf_counter() - start) / 60:.3f}\n")
     return outcome.directory, float(timing.read_text())
+
+
+def finished_variant(name: str, out: Path) -> tuple[Path, float] | None:
+    """The folder and minutes of the search `name` in `out`, if `run_variant` finished it."""
+    timing = _timing(out, name)
+    return (out / name, float(timing.read_text())) if timing.is_file() else None
+
+
+def _timing(out: Path, name: str) -> Path:
+    return out / f"{name}.minutes"
+
+
+def box_hypervolume(
+    maps: Sequence[float], gflops: Sequence[float], dense_map: float, dense_gflops: float
+) -> float:
+    """The hypervolume of (map, GFLOPs) with the reference (map 0, the dense model's GFLOPs), over
+    the dense model's own box (its map x its GFLOPs); nan for an empty box."""
+    from search.pareto import hypervolume
+
+    box = dense_map * dense_gflops
+    return hypervolume(maps, gflops, dense_gflops) / box if box > 0 else float("nan")
 
 
 def write_results(payload: dict[str, Any], figure: Any, stem: Path) -> None:

@@ -54,7 +54,7 @@ class Space:
 
     def known_points(self, config: ExperimentConfig, ratios: list[float]) -> list[dict[str, Any]]:
         """Enqueued first: the uniform ratios inside the searched range (0: the dense model), each
-        at the experiment's own values of the other searched keys (`defaults`)."""
+        at the experiment's own values of the other searched keys (`at_defaults`)."""
         if self.ratios is None:
             return []
         low, high = self.ratios.low or 0.0, self.ratios.high or 0.0
