@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from yolov2.config import ExperimentConfig, load_config
-from yolov2.engine import load_splits, make_optimizer, resolve_device, train_loader
+from yolov2.engine import load_splits, make_optimizer, memory_format, resolve_device, train_loader
 from yolov2.loss import region_loss
 from yolov2.model import YOLOv2, build_model
 from yolov2.pipeline import architecture
@@ -68,9 +68,7 @@ class TrainStep:
     def __init__(self, config: ExperimentConfig, num_classes: int, device: torch.device) -> None:
         arch = architecture(config.model, num_classes, config.data.input_size)
         self.model: YOLOv2 = build_model(arch).to(device).train()
-        self.memory_format = (
-            torch.channels_last if config.train.channels_last else torch.contiguous_format
-        )
+        self.memory_format = memory_format(config.train)
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = make_optimizer(self.model, config.train)
         self.config, self.device = config, device

@@ -192,6 +192,11 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def memory_format(train: TrainConfig) -> torch.memory_format:
+    """The layout a run trains in: channels-last (NHWC) unless the config says otherwise."""
+    return torch.channels_last if train.channels_last else torch.contiguous_format
+
+
 def train_one_epoch(
     model: YOLOv2,
     loader: DataLoader[Any],
@@ -208,15 +213,14 @@ def train_one_epoch(
     """One pass over `loader`; returns the mean of every loss term, the last lr and images/s."""
     model.train()
     use_amp = train.amp and device.type == "cuda"
-    memory_format = torch.channels_last if train.channels_last else None
+    layout = memory_format(train)
     sums: dict[str, float] = {}
     images = 0
     start = time.perf_counter()
     progress = tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
     for batch_index, (cpu_inputs, cpu_targets) in enumerate(progress):
         inputs = cpu_inputs.to(device, non_blocking=True)
-        if memory_format is not None:
-            inputs = inputs.contiguous(memory_format=memory_format)
+        inputs = inputs.contiguous(memory_format=layout)
         targets = _targets_to(cpu_targets, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             output = model(inputs)
@@ -435,8 +439,7 @@ def fit(
     torch.manual_seed(train.seed)
     np.random.seed(train.seed)
     model = model.to(device)
-    if train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=memory_format(train))
     loader = train_loader(splits.train, data, train)
     test_loader = eval_loader(splits.test, data, train.batch_size)
     optimizer = make_optimizer(model, train)
