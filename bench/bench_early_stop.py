@@ -1,8 +1,9 @@
 """Early stopping at equal wall time: none, Ray's ASHA on map alone, and the front stopper.
 
-On the default task (its cached dense model, its space and known points, TPE), each rule runs the
-same number of trials on each seed (the sampler's and the finetune's), with the default finetune
-budget, so that stopping has epochs to save:
+On the default task (its cached dense model, its space and known points, TPE; without its warm
+start, so that every trial after the known points is the sampler's), each rule runs the same number
+of trials on each seed (the sampler's and the finetune's), with the default finetune budget, so
+that stopping has epochs to save:
 - `none`: every trial finetunes to the end (one evaluation, at the end);
 - `asha`: `search.early_stop: {rule: asha, every: E}`: Ray's ASHA on map alone;
 - `front`: `search.early_stop: {every: E}`: a trial stops when a completed trial of no more GFLOPs
@@ -15,7 +16,7 @@ seeds at the seed's common end: the front stopper's hypervolume minus no stoppin
 ASHA's, each >= 0.
 Each run is a real `prune-search run` into `--out/<rule>-s<seed>`; a finished run is read back.
 
-    python bench/bench_early_stop.py [--trials 12] [--epochs 7] [--every 2] [--seeds 0 1]
+    python bench/bench_early_stop.py [--trials 12] [--epochs 5] [--every 2] [--seeds 0 1]
         [--unit 5] [--out runs/bench-early-stop] [--results bench/results]
 """
 
@@ -85,6 +86,8 @@ def experiment(rule: str, seed: int, trials: int, epochs: int, every: int) -> di
     raw = default_experiment(f"{rule}-s{seed}")
     raw["finetune"].update(epochs=epochs, seed=seed)
     raw["search"].update(num_samples=trials, seed=seed)
+    for key in ("warm_start", "warm_start_budgets"):  # the sampler's trials after the known points
+        raw["search"].pop(key, None)
     if rule != "none":
         raw["search"]["early_stop"] = {"rule": rule, "every": every, "margin": MARGIN}
     return raw
@@ -214,7 +217,7 @@ def report(timelines: Sequence[Timeline], unit_s: float, results: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12, help="trials per run (default 12)")
-    parser.add_argument("--epochs", type=int, default=7, help="finetune epochs per trial")
+    parser.add_argument("--epochs", type=int, default=5, help="finetune epochs per trial")
     parser.add_argument("--every", type=int, default=2, help="epochs between evaluations")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES))

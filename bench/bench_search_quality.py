@@ -143,6 +143,8 @@ def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, An
     low, high = search["space"]["prune.ratios"]["low"], search["space"]["prune.ratios"]["high"]
     raw["finetune"].update(epochs=epochs, seed=seed)
     search.update(num_samples=trials, seed=seed, known_points=[0.0])
+    for key in ("warm_start", "warm_start_budgets"):  # a warm start only where a method names one
+        search.pop(key, None)
     if method == SWEEP:
         grid = np.linspace(low, high, trials)
         search.update(
@@ -162,7 +164,7 @@ def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, An
     sampler, groups, *warm = method.split("-")
     search["sampler"] = sampler
     search["space"]["prune.ratios"]["groups"] = groups
-    if warm:
+    if warm:  # at SearchConfig's default budgets
         search["warm_start"] = "sensitivity"
     return raw
 

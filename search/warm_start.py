@@ -2,7 +2,8 @@
 
 With `search.warm_start: sensitivity`, before any trial starts, the dense model is pruned one group
 of the space's `prune.ratios` at a time (each stage, or each layer) at ratios across the searched
-range, without finetuning (yolov2.sensitivity). For each of `search.warm_start_budgets` (a fraction
+range, without finetuning (yolov2.sensitivity; the table is kept in the dense model's cache folder,
+so a later search on the same dense model reads it back). For each of `search.warm_start_budgets` (a fraction
 of the dense model's GFLOPs to remove) the greedy allocation picks the per-group ratios that remove
 at least that share while losing the least map the table shows; those points are enqueued after
 the known points. The table stays in the experiment folder (sensitivity.csv and .png), so a user
@@ -20,12 +21,12 @@ from search import dense
 from search.space import Space
 from search.storage import Storage
 from yolov2.config import ExperimentConfig, default_cache
-from yolov2.pipeline import dense_architecture
+from yolov2.pipeline import dense_architecture, dense_folder
 from yolov2.sensitivity import (
     Allocation,
     Sensitivity,
     allocate,
-    analyse,
+    cached_analyse,
     checked_groups,
     pruned_gflops,
     write,
@@ -65,7 +66,7 @@ def measure(
     """The sensitivity of the experiment's dense model, on this node: the driver (whose cache has
     the dense stage) or a cluster's node (which copies it from the search's storage first)."""
     local, splits, stage = dense.on_node(config, Storage(storage), driver_cache)
-    return analyse(stage.model, local, splits, groups, ratios)
+    return cached_analyse(stage.model, local, splits, groups, ratios, folder=dense_folder(local))
 
 
 def plan(

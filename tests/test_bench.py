@@ -212,6 +212,7 @@ def test_every_rules_experiment_is_a_valid_search_of_the_default_task(
     scheduler = make_scheduler(config)
     expected = {"none": "NoneType", "asha": "AsyncHyperBandScheduler", "front": "FrontStopper"}
     assert type(scheduler).__name__ == expected[rule]
+    assert config.search.warm_start == "none"  # the default's warm start left out: the sampler's
 
 
 def test_the_quality_report_writes_its_figures_and_exits_with_the_verdict(

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
+import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from tqdm import tqdm
 
-from yolov2.config import ExperimentConfig, PruneConfig
+from yolov2.config import ExperimentConfig, PruneConfig, shaping_digest
 from yolov2.engine import Splits
 from yolov2.errors import InputError
 from yolov2.files import atomic_path, write_text_atomic
@@ -41,6 +43,7 @@ BASELINE = "unpruned"  # the group of the baseline row
 COLUMNS = ("group", "ratio", "map", "map_drop", "gflops", "gflops_saved")
 CSV_FILE = "sensitivity.csv"
 PNG_FILE = "sensitivity.png"
+CACHE_DIR = "sensitivity"  # cached_analyse's tables, in the dense model's cache folder
 MAP_LABEL = "map (VOC07 11-point, IoU 0.5)"
 
 
@@ -139,6 +142,12 @@ def analyse(
     dense_map = float(evaluate_model(model, config, splits)["map"])
     dense_gflops = gflops(model, size)
     baseline = Point(BASELINE, 0.0, dense_map, 0.0, dense_gflops, 0.0)
+    # Filter pruning at two ratios that round to the same widths keeps the same filters (the
+    # criterion ranks the unpruned model's weights): one evaluation serves both, and the baseline
+    # serves a ratio that removes nothing.
+    measured_at: dict[tuple[object, ...], float] = {}
+    if measured.method == "filter":
+        measured_at[("widths", *model.arch.widths)] = dense_map
     points = []
     progress = tqdm(total=len(names) * len(grid), desc="sensitivity", leave=False, disable=None)
     with progress:
@@ -147,13 +156,61 @@ def analyse(
                 ratios_here = group_ratios(len(names), index, ratio)
                 pruning = measured.model_copy(update={"ratio": None, "ratios": ratios_here})
                 pruned, _ = prune(copy.deepcopy(model), pruning, model.arch)
-                value = float(evaluate_model(pruned, config, splits)["map"])
-                cost = gflops(pruned, size)
+                filters = measured.method == "filter"
+                key = ("widths", *pruned.arch.widths) if filters else ("ratios", *ratios_here)
+                if key not in measured_at:
+                    measured_at[key] = float(evaluate_model(pruned, config, splits)["map"])
+                value, cost = measured_at[key], gflops(pruned, size)
                 points.append(
                     Point(name, ratio, value, dense_map - value, cost, dense_gflops - cost)
                 )
                 progress.update()
     return Sensitivity(kind, tuple(names), measured.method, baseline, tuple(points))
+
+
+def cached_analyse(
+    model: YOLOv2,
+    config: ExperimentConfig,
+    splits: Splits,
+    groups: str,
+    ratios: Sequence[float],
+    *,
+    folder: Path,
+) -> Sensitivity:
+    """`analyse`, kept in `folder` (the dense model's cache folder) under a key of what decides
+    the table: the prune section (its ratios aside), the groups and the ratios. The dense folder's
+    own key holds the model and the test data. A cached table that cannot be read is measured
+    again."""
+    kind, grid = checked_groups(groups), checked_ratios(ratios)
+    measured = _measured_prune(config.prune).model_copy(update={"ratio": None, "ratios": None})
+    key = json.dumps([shaping_digest(measured), kind, grid])
+    path = folder / CACHE_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        try:
+            table = from_json(path.read_text())
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("%s: not a sensitivity table (%s); measuring it again", path, error)
+        else:
+            log.info("the sensitivity from the cache: %s", path)
+            return table
+    table = analyse(model, config, splits, kind, grid)
+    write_text_atomic(path, to_json(table))
+    return table
+
+
+def to_json(table: Sensitivity) -> str:
+    return json.dumps(asdict(table), indent=1)
+
+
+def from_json(text: str) -> Sensitivity:
+    raw = json.loads(text)
+    return Sensitivity(
+        checked_groups(raw["groups"]),
+        tuple(str(name) for name in raw["names"]),
+        str(raw["method"]),
+        Point(**raw["baseline"]),
+        tuple(Point(**point) for point in raw["points"]),
+    )
 
 
 def pruned_gflops(

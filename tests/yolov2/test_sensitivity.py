@@ -110,6 +110,86 @@ def test_gflops_fall_with_the_ratio_as_the_widths_predict(analysed: dict[str, An
             assert pruned_gflops(arch, config.prune, ratios, config.data.input_size) == value
 
 
+def test_ratios_that_keep_the_same_filters_share_one_evaluation_exactly(
+    analysed: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ratios that round to the same widths (or to none removed) are evaluated once, and the
+    shared map is the map of that pruned model evaluated on its own."""
+    import copy
+
+    from yolov2 import pipeline, sensitivity
+    from yolov2.prune import pruned_widths
+
+    config, stage = analysed["config"], analysed["stage"]
+    splits = load_splits(config.data)
+    grid = [0.01, 0.3, 0.31, 0.6]
+    arch = stage.model.arch
+    widths = {
+        tuple(pruned_widths(arch, [r if i == g else 0.0 for i in range(len(STAGES))],
+                            config.prune.min_channels, config.prune.round_to))
+        for g in range(len(STAGES)) for r in [0.0, *grid]
+    }  # fmt: skip
+    assert len(widths) < 1 + len(STAGES) * len(grid)  # the grid has ratios to share
+    calls = []
+    real = sensitivity.evaluate_model
+
+    def counted(*args: Any) -> Any:
+        calls.append(args[0].arch.widths)
+        return real(*args)
+
+    monkeypatch.setattr(sensitivity, "evaluate_model", counted)
+    table = sensitivity.analyse(copy.deepcopy(stage.model), config, splits, "stage", grid)
+    monkeypatch.undo()
+    assert len(calls) == len(widths)  # one evaluation per distinct pruned model
+    for point in table.rows()[1:]:
+        index = STAGES.index(point.group)
+        ratios = [point.ratio if i == index else 0.0 for i in range(len(STAGES))]
+        pruning = config.prune.model_copy(update={"ratio": None, "ratios": ratios})
+        pruned, _ = pipeline.prune(copy.deepcopy(stage.model), pruning, arch)
+        assert point.map == float(pipeline.evaluate_model(pruned, config, splits)["map"])
+
+
+def test_a_table_is_measured_once_per_dense_model_and_read_back_from_its_folder(
+    analysed: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    import copy
+
+    from yolov2 import sensitivity
+
+    config, stage = analysed["config"], analysed["stage"]
+    splits = load_splits(config.data)
+    calls = []
+    real = sensitivity.evaluate_model
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(sensitivity, "evaluate_model", counted)
+
+    def table(ratios: list[float], groups: str = "stage") -> Sensitivity:
+        model = copy.deepcopy(stage.model)
+        return sensitivity.cached_analyse(model, config, splits, groups, ratios, folder=tmp_path)
+
+    first = table([0.3, 0.6])
+    measured = len(calls)
+    assert measured > 1
+    assert table([0.6, 0.3]) == first  # the same grid, in any order: read back, not measured
+    assert len(calls) == measured
+    (path,) = (tmp_path / sensitivity.CACHE_DIR).iterdir()
+    assert table([0.3]) != first  # another grid is another table
+    assert len(calls) > measured
+    assert len(list((tmp_path / sensitivity.CACHE_DIR).iterdir())) == 2
+    path.write_text('{"groups": "stage", "names": [')  # truncated
+    calls.clear()
+    with caplog.at_level("WARNING"):
+        assert table([0.3, 0.6]) == first  # measured again, the same numbers
+    assert calls
+    assert "not a sensitivity table" in caplog.text
+    assert str(path) in caplog.text
+    assert sensitivity.from_json(path.read_text()) == first
+
+
 def test_the_plot_and_the_printed_table(analysed: dict[str, Any]) -> None:
     assert (analysed["root"] / "out" / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = analysed["out"].splitlines()
