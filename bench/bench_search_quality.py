@@ -11,7 +11,8 @@ same finetune budget per trial, on each seed (the sampler's and the finetune's):
   (`search.warm_start: sensitivity`, its 3 default budgets);
 - `sensitivity-stage`: a sweep along the sensitivity's allocations instead of uniform ratios: a
   ratio per stage alone, the warm start's budgets spread over 5-80% fewer GFLOPs, one per trial
-  (TPE fills the trials that duplicate allocations leave), at the experiment's own finetune.
+  (TPE fills the trials that duplicate allocations leave), at the experiment's own finetune;
+  `sensitivity-layer`: the same with a ratio per prunable layer (a finer table to allocate from).
 Every search starts from the dense model (ratio 0), as the sweep does. For each run: the
 hypervolume of its (map, GFLOPs) front with the reference (map 0, the dense model's GFLOPs),
 normalised by the dense model's own box (its map times its GFLOPs), after each trial and at the
@@ -48,9 +49,10 @@ from searches import (  # bench/searches.py, beside this
 )
 
 SWEEP = "sweep"
-SENSITIVITY = "sensitivity-stage"
+SENSITIVITY = "sensitivity"  # sensitivity-stage, sensitivity-layer
 METHODS = (
-    "sweep", "tpe-stage", "random-stage", "nsga2-stage", "tpe-layer", "tpe-stage-warm", SENSITIVITY
+    "sweep", "tpe-stage", "random-stage", "nsga2-stage", "tpe-layer", "tpe-stage-warm",
+    "sensitivity-stage", "sensitivity-layer",
 )  # fmt: skip
 WITHIN = 0.01  # "within 1 map point of the dense model"
 
@@ -153,10 +155,11 @@ def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, An
             space={"prune.ratios": {"groups": "uniform", "low": low, "high": high}},
         )
         return raw
-    if method == SENSITIVITY:  # a sweep along the sensitivity's allocations, of ratios alone
+    if method.startswith(SENSITIVITY):  # a sweep along the sensitivity's allocations, of ratios
+        groups = method.split("-")[1]  # alone
         search.update(
             sampler="tpe",
-            space={"prune.ratios": {"groups": "stage", "low": low, "high": high}},
+            space={"prune.ratios": {"groups": groups, "low": low, "high": high}},
             warm_start="sensitivity",
             warm_start_budgets=[round(float(b), 4) for b in np.linspace(0.05, 0.8, trials - 1)],
         )

@@ -135,10 +135,10 @@ def test_every_methods_experiment_is_a_valid_search_of_the_default_task(
     space = build_space(config, str(source))  # ratio counts and ranges checked as a run does
     assert (config.name, config.search.num_samples, config.search.seed) == (f"{method}-s1", 9, 1)
     assert (config.finetune.epochs, config.finetune.seed) == (2, 1)
-    if method == "sensitivity-stage":  # the warm start's budgets, one per trial but the dense
-        assert len(config.search.warm_start_budgets) == 8  # model's
+    if method.startswith("sensitivity-"):  # the warm start's budgets, one per trial but the
+        assert len(config.search.warm_start_budgets) == 8  # dense model's
         assert config.search.warm_start == "sensitivity"
-        assert len(space.ratio_names) == 6
+        assert len(space.ratio_names) == (22 if "layer" in method else 6)
         assert not space.entries
     elif method == "sweep":  # every trial a uniform ratio at the experiment's own finetune
         assert space.ratio_names == ("ratio",)

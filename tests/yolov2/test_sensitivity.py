@@ -110,8 +110,24 @@ def test_gflops_fall_with_the_ratio_as_the_widths_predict(analysed: dict[str, An
             assert pruned_gflops(arch, config.prune, ratios, config.data.input_size) == value
 
 
+@pytest.fixture
+def evaluations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per evaluation that yolov2.sensitivity makes (the real one, counted)."""
+    from yolov2 import sensitivity
+
+    calls: list[int] = []
+    real = sensitivity.evaluate_model
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(sensitivity, "evaluate_model", counted)
+    return calls
+
+
 def test_ratios_that_keep_the_same_filters_share_one_evaluation_exactly(
-    analysed: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    analysed: dict[str, Any], evaluations: list[int]
 ) -> None:
     """Ratios that round to the same widths (or to none removed) are evaluated once, and the
     shared map is the map of that pruned model evaluated on its own."""
@@ -130,17 +146,8 @@ def test_ratios_that_keep_the_same_filters_share_one_evaluation_exactly(
         for g in range(len(STAGES)) for r in [0.0, *grid]
     }  # fmt: skip
     assert len(widths) < 1 + len(STAGES) * len(grid)  # the grid has ratios to share
-    calls = []
-    real = sensitivity.evaluate_model
-
-    def counted(*args: Any) -> Any:
-        calls.append(args[0].arch.widths)
-        return real(*args)
-
-    monkeypatch.setattr(sensitivity, "evaluate_model", counted)
     table = sensitivity.analyse(copy.deepcopy(stage.model), config, splits, "stage", grid)
-    monkeypatch.undo()
-    assert len(calls) == len(widths)  # one evaluation per distinct pruned model
+    assert len(evaluations) == len(widths)  # one evaluation per distinct pruned model
     for point in table.rows()[1:]:
         index = STAGES.index(point.group)
         ratios = [point.ratio if i == index else 0.0 for i in range(len(STAGES))]
@@ -150,7 +157,7 @@ def test_ratios_that_keep_the_same_filters_share_one_evaluation_exactly(
 
 
 def test_a_table_is_measured_once_per_dense_model_and_read_back_from_its_folder(
-    analysed: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+    analysed: dict[str, Any], tmp_path: Path, evaluations: list[int], caplog: Any
 ) -> None:
     import copy
 
@@ -158,14 +165,7 @@ def test_a_table_is_measured_once_per_dense_model_and_read_back_from_its_folder(
 
     config, stage = analysed["config"], analysed["stage"]
     splits = load_splits(config.data)
-    calls = []
-    real = sensitivity.evaluate_model
-
-    def counted(*args: Any) -> Any:
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(sensitivity, "evaluate_model", counted)
+    calls = evaluations
 
     def table(ratios: list[float], groups: str = "stage") -> Sensitivity:
         model = copy.deepcopy(stage.model)
