@@ -1,7 +1,8 @@
 """Early stopping at equal wall time: none, Ray's ASHA on map alone, and the front stopper.
 
-On the default task (its cached dense model, its space and known points, TPE; without its warm
-start, so that every trial after the known points is the sampler's), each rule runs the same number
+On the default task (its cached dense model and its space, TPE; known points the dense model and
+uniform ratios 0.3 and 0.5; without its warm start, so that every trial after the known points is
+the sampler's), each rule runs the same number
 of trials on each seed (the sampler's and the finetune's), with the default finetune budget, so
 that stopping has epochs to save:
 - `none`: every trial finetunes to the end (one evaluation, at the end);
@@ -43,6 +44,7 @@ from searches import (  # bench/searches.py, beside this
 
 RULES = ("none", "asha", "front")
 MARGIN = 0.02
+KNOWN = [0.0, 0.3, 0.5]  # the known points: the dense model, uniform 0.3 and 0.5
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def experiment(rule: str, seed: int, trials: int, epochs: int, every: int) -> di
     """The default experiment with `rule`'s early stopping on `seed`, as the YAML's raw mapping."""
     raw = default_experiment(f"{rule}-s{seed}")
     raw["finetune"].update(epochs=epochs, seed=seed)
-    raw["search"].update(num_samples=trials, seed=seed)
+    raw["search"].update(num_samples=trials, seed=seed, known_points=KNOWN)
     for key in ("warm_start", "warm_start_budgets"):  # the sampler's trials after the known points
         raw["search"].pop(key, None)
     if rule != "none":
@@ -168,11 +170,15 @@ def plot(timelines: Sequence[Timeline]) -> Any:
     seeds = sorted({t.seed for t in timelines})
     figure, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4.2), squeeze=False)
     for axis, seed in zip(axes[0], seeds, strict=True):
+        lowest = 1.0
         for index, line in enumerate(t for t in timelines if t.seed == seed):
-            clock = np.linspace(0, line.duration, 200)
+            clock = np.array(sorted({0.0, *line.ends, line.duration}))
             label = f"{line.rule} ({line.count('COMPLETE')} done, {line.count('PRUNED')} stopped)"
             values = [line.hypervolume_at(s) for s in clock]
-            axis.plot(clock / 60, values, color=f"C{index}", label=label)
+            axis.step(clock / 60, values, where="post", color=f"C{index}", label=label)
+            lowest = min([lowest, *(v for v in values if v > 0)])
+        # from just below the first front of two points: the rules differ above it, not at 0
+        axis.set_ylim(bottom=lowest - 0.02)
         axis.set(title=f"seed {seed}", xlabel="wall time (min)", ylabel="hypervolume / dense box")
         axis.legend(fontsize=7)
     figure.tight_layout()
