@@ -2,9 +2,8 @@
 
 On the default task (its cached dense model and its space, TPE; known points the dense model and
 uniform ratios 0.3 and 0.5; without its warm start, so that every trial after the known points is
-the sampler's), each rule runs the same number
-of trials on each seed (the sampler's and the finetune's), with the default finetune budget, so
-that stopping has epochs to save:
+the sampler's), each rule runs the same number of trials on each seed (the sampler's and the
+finetune's), with the default finetune budget, so that stopping has epochs to save:
 - `none`: every trial finetunes to the end (one evaluation, at the end);
 - `asha`: `search.early_stop: {rule: asha, every: E}`: Ray's ASHA on map alone;
 - `front`: `search.early_stop: {every: E}`: a trial stops when a completed trial of no more GFLOPs
