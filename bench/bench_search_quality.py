@@ -10,9 +10,10 @@ same finetune budget per trial, on each seed (the sampler's and the finetune's):
 - `tpe-stage-warm`: `tpe-stage` started from the dense model's sensitivity
   (`search.warm_start: sensitivity`, its 3 default budgets);
 - `sensitivity-stage`: a sweep along the sensitivity's allocations instead of uniform ratios: a
-  ratio per stage alone, the warm start's budgets spread over 5-80% fewer GFLOPs, one per trial
-  (TPE fills the trials that duplicate allocations leave), at the experiment's own finetune;
-  `sensitivity-layer`: the same with a ratio per prunable layer (a finer table to allocate from).
+  ratio per stage alone, the warm start's budgets at the sweep's own costs (the share of the
+  GFLOPs each uniform ratio removes), so that each allocation is compared with a uniform ratio of
+  the same GFLOPs (TPE fills the trials that duplicate allocations leave), at the experiment's own
+  finetune; `sensitivity-layer`: the same with a ratio per prunable layer (a finer table).
 Every search starts from the dense model (ratio 0), as the sweep does. For each run: the
 hypervolume of its (map, GFLOPs) front with the reference (map 0, the dense model's GFLOPs),
 normalised by the dense model's own box (its map times its GFLOPs), after each trial and at the
@@ -147,8 +148,8 @@ def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, An
     search.update(num_samples=trials, seed=seed, known_points=[0.0])
     for key in ("warm_start", "warm_start_budgets"):  # a warm start only where a method names one
         search.pop(key, None)
+    grid = np.linspace(low, high, trials)
     if method == SWEEP:
-        grid = np.linspace(low, high, trials)
         search.update(
             sampler="random",
             known_points=[round(float(r), 4) for r in grid],
@@ -161,7 +162,7 @@ def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, An
             sampler="tpe",
             space={"prune.ratios": {"groups": groups, "low": low, "high": high}},
             warm_start="sensitivity",
-            warm_start_budgets=[round(float(b), 4) for b in np.linspace(0.05, 0.8, trials - 1)],
+            warm_start_budgets=[round(b, 4) for b in uniform_savings(raw, grid[1:])],
         )
         return raw
     sampler, groups, *warm = method.split("-")
@@ -170,6 +171,20 @@ def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, An
     if warm:  # at SearchConfig's default budgets
         search["warm_start"] = "sensitivity"
     return raw
+
+
+def uniform_savings(raw: dict[str, Any], ratios: Sequence[float]) -> list[float]:
+    """The share of the dense model's GFLOPs that each uniform ratio removes, in the experiment
+    `raw` (counted from the widths it gives)."""
+    from yolov2.config import ExperimentConfig
+    from yolov2.pipeline import dense_architecture
+    from yolov2.sensitivity import pruned_gflops
+
+    config = ExperimentConfig.model_validate(raw)
+    arch = dense_architecture(config, len(config.data.class_names()))
+    size = config.data.input_size
+    dense = pruned_gflops(arch, config.prune, [0.0], size)
+    return [1.0 - pruned_gflops(arch, config.prune, [float(r)], size) / dense for r in ratios]
 
 
 def run_one(method: str, seed: int, trials: int, epochs: int, out: Path) -> Run:

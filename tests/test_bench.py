@@ -136,7 +136,14 @@ def test_every_methods_experiment_is_a_valid_search_of_the_default_task(
     assert (config.name, config.search.num_samples, config.search.seed) == (f"{method}-s1", 9, 1)
     assert (config.finetune.epochs, config.finetune.seed) == (2, 1)
     if method.startswith("sensitivity-"):  # the warm start's budgets, one per trial but the
-        assert len(config.search.warm_start_budgets) == 8  # dense model's
+        budgets = config.search.warm_start_budgets  # dense model's: the sweep's costs
+        assert len(budgets) == 8
+        assert budgets == sorted(set(budgets))
+        sweep = quality.experiment("sweep", 1, trials=9, epochs=2)["search"]["known_points"]
+        for ratio, budget in zip(sweep[1:], budgets, strict=True):
+            # a conv's cost scales with (1 - ratio) of its inputs and of its outputs; the image's
+            # 3 channels, the head's outputs and widths rounded to 4 filters keep a little more
+            assert 0.8 <= budget / (1 - (1 - ratio) ** 2) <= 1.0
         assert config.search.warm_start == "sensitivity"
         assert len(space.ratio_names) == (22 if "layer" in method else 6)
         assert not space.entries
