@@ -162,7 +162,7 @@ def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, An
             sampler="tpe",
             space={"prune.ratios": {"groups": groups, "low": low, "high": high}},
             warm_start="sensitivity",
-            warm_start_budgets=[round(b, 4) for b in uniform_savings(raw, grid[1:])],
+            warm_start_budgets=[round(b, 4) for b in uniform_savings(raw, grid[1:].tolist())],
         )
         return raw
     sampler, groups, *warm = method.split("-")

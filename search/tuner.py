@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from search import dense, warm_start
@@ -41,7 +43,6 @@ from yolov2.errors import InputError
 from yolov2.files import atomic_path, write_text_atomic
 
 if TYPE_CHECKING:
-    import optuna
     from ray import tune
 
 log = logging.getLogger("prune-search")
@@ -375,10 +376,24 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+class PicklableNSGAII(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable. Optuna 5.1's keeps a `threading.Lock` (it guards a cache of
+    the generations read from the study), and Ray Tune pickles the searcher into tuner.pkl and its
+    snapshots: the stock sampler fails there ("cannot pickle '_thread.lock' object"). A copy
+    carries the cache and gets a lock of its own."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_thread_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def make_sampler(search: SearchConfig, known: int) -> optuna.samplers.BaseSampler:
     """The sampler the file names, seeded; its random start kept short for budgets of a dozen."""
-    import optuna
-
     startup = max(known + 1, min(10, search.num_samples // 3))
     if search.sampler == "tpe":
         return optuna.samplers.TPESampler(
@@ -386,23 +401,19 @@ def make_sampler(search: SearchConfig, known: int) -> optuna.samplers.BaseSample
         )
     if search.sampler == "nsga2":
         population = max(4, min(50, search.num_samples // 3))
-        return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=population)
+        return PicklableNSGAII(seed=search.seed, population_size=population)
     if search.sampler == "gp":
         return optuna.samplers.GPSampler(seed=search.seed, n_startup_trials=startup)
     return optuna.samplers.RandomSampler(seed=search.seed)
 
 
 def study_storage(directory: Path) -> optuna.storages.RDBStorage:
-    import optuna
-
     return optuna.storages.RDBStorage(f"sqlite:///{directory / STUDY_FILE}")
 
 
 def settle_study(directory: Path, config: ExperimentConfig) -> int:
     """Tell FAIL for every trial of the study still RUNNING (a driver interrupted or lost while
     they ran); a resumed trial that then completes is added anew. Returns how many it settled."""
-    import optuna
-
     if not (directory / STUDY_FILE).exists():
         return 0
     try:
@@ -429,8 +440,6 @@ class FrontSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         """The searcher as a lost driver saved it, bound to this driver's study (a new driver's
         folder holds the copy it resumed from, and the saved state names the old one)."""
-        import optuna
-
         super().restore(checkpoint_path)
         self._storage = study_storage(Storage(self._search_storage).driver_folder())
         sampler = self._ot_study.sampler if self._ot_study is not None else None
@@ -447,8 +456,6 @@ class FrontSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        import optuna
-
         study = self._ot_study
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or study is None:
             return

@@ -253,3 +253,35 @@ def test_a_warm_start_over_stages_is_accepted_and_its_budgets_checked(tmp_path: 
     assert build_space(config, source).ratio_names == tuple(f"ratio.stage{i}" for i in range(1, 7))
     with pytest.raises(InputError, match=r"search\.warm_start_budgets\.1: Input should be less"):
         _config(tmp_path, SPACE, WARM, "search.warm_start_budgets=[0.5, 1.0]")
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2", "gp", "random"])
+def test_every_named_sampler_survives_rays_pickle_and_samples_on(tmp_path: Path, name: str) -> None:
+    # Ray Tune pickles the searcher, its sampler inside, into tuner.pkl and into every snapshot
+    # of the search; Optuna 5.1's NSGA-II holds a threading.Lock, which does not pickle.
+    from ray import cloudpickle
+
+    from search.storage import Storage
+    from search.tuner import build_tuner, make_sampler
+
+    config, source = _config(tmp_path, SPACE, f"search.sampler={name}", "search.num_samples=8")
+    space = build_space(config, source)
+    sampler = make_sampler(config.search, known=1)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for _ in range(5):
+        trial = study.ask()
+        ratios = [sample(space, trial)[n] for n in space.ratio_names]
+        study.tell(trial, [1 - sum(ratios) / 6, 1 - sum(ratios) / 12])
+    copy = cloudpickle.loads(cloudpickle.dumps(sampler))
+    assert type(copy) is type(sampler)
+    study.sampler = copy
+    for _ in range(3):
+        trial = study.ask()
+        assert set(sample(space, trial)) >= set(space.ratio_names)
+        study.tell(trial, [0.5, 0.5])
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8
+
+    directory = tmp_path / "search"
+    directory.mkdir()
+    build_tuner(config, space, directory, Storage(str(directory)))  # writes tuner.pkl
+    assert (directory / "ray" / "tuner.pkl").is_file()
