@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -81,13 +82,40 @@ def run(config: ExperimentConfig, source: str, storage: Storage, address: str | 
         make_dense(config, space, storage, on_cluster=address is not None)
         # 4. the warm start, if asked: points chosen from the dense model's sensitivity
         warm = warm_start.plan(config, space, storage, on_cluster=address is not None)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(directory / EXPERIMENT_FILE, config.to_yaml())
-        push(directory, storage, tuple(path.name for path in warm.write(directory)))
-        if storage.remote:
-            write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
-        tuner = build_tuner(config, space, directory, storage, warm.points)  # 5. the Tuner
+        with _undone_unless_built(directory, storage):  # a failed start leaves no half search
+            write_text_atomic(directory / EXPERIMENT_FILE, config.to_yaml())
+            push(directory, storage, tuple(path.name for path in warm.write(directory)))
+            if storage.remote:
+                write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
+            tuner = build_tuner(config, space, directory, storage, warm.points)  # 5. the Tuner
         return fit(tuner, config, space, directory, storage)  # 6. fit, settle, the front
+
+
+@contextlib.contextmanager
+def _undone_unless_built(directory: Path, storage: Storage) -> Iterator[None]:
+    """Remove what a new search wrote into `directory` (and its remote storage) if its Tuner is
+    not built: a folder with experiment.yaml and a study but no tuner.pkl would be taken for a
+    search to resume by the next run, and could not be resumed. What was there before stays."""
+    existed = directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    before = set(directory.iterdir())
+    remote_ray = storage.remote and storage.exists(RAY_DIR)
+    try:
+        yield
+    except BaseException:
+        for path in set(directory.iterdir()) - before:
+            if storage.remote:
+                storage.delete(path.name)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if storage.remote and not remote_ray:
+            storage.delete_folder(RAY_DIR)
+        if not existed:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
 
 
 def locate(location: str) -> tuple[Path, Storage]:

@@ -279,6 +279,34 @@ def test_a_storage_that_cannot_be_written_is_one_line(smoke_cache: Path, tmp_pat
     assert f"{blocker / 'smoke'}: cannot write the experiment folder" in err
 
 
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_search_whose_tuner_fails_to_build_leaves_nothing_and_runs_again_anew(
+    smoke_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remote: bool
+) -> None:
+    """Optuna's own NSGA-II (it holds a lock Ray cannot pickle into tuner.pkl) fails the Tuner
+    after experiment.yaml, the study and the warm start are written: all of it goes again, so
+    the same command afterwards is a new search, not a resume of one that cannot be resumed."""
+    from search import tuner
+
+    monkeypatch.chdir(tmp_path)  # a URI's driver folder is runs/<name> here
+    storage = f"file://{tmp_path / 'store'}" if remote else str(tmp_path / "store")
+    driver = tmp_path / ("runs" if remote else "store") / "smoke"
+    argv = ["run", str(SMOKE), "--storage", storage, "--num-samples", "2",
+            *set_arguments(smoke_overrides(smoke_cache))]  # fmt: skip
+    stock = tuner.make_sampler
+    monkeypatch.setattr(tuner, "make_sampler", lambda *_: optuna.samplers.NSGAIISampler(seed=0))
+    with pytest.raises(TypeError, match="pickle"):
+        search(argv)
+    # Only the published dense stage stays (it is whole, and the next run takes it).
+    assert {path.name for path in (tmp_path / "store" / "smoke").iterdir()} == {"dense"}
+    assert not remote or not driver.exists()
+    monkeypatch.setattr(tuner, "make_sampler", stock)
+    code, _, err = search(argv)
+    assert code == 0, err
+    assert "resuming" not in err
+    assert len(pd.read_csv(driver / "trials.csv")) == 2
+
+
 @pytest.mark.parametrize("command", ["pareto", "best", "resume"])
 def test_a_folder_that_is_not_a_search_is_one_line(tmp_path: Path, command: str) -> None:
     extra = ["--out", str(tmp_path / "x.safetensors")] if command == "best" else []
