@@ -141,15 +141,18 @@ def test_two_trials_on_a_node_with_two_gpus_get_one_gpu_each(
         directory = _run(
             cluster, tmp_path, "gpus", "search.num_samples=2", "search.max_concurrent=2",
             "search.known_points=[0.3, 0.5]", "search.cpus_per_trial=0.5",
-            "search.gpus_per_trial=1", "finetune.epochs=6",
+            "search.gpus_per_trial=1", "finetune.epochs=30",
         )  # fmt: skip
     finally:
         cluster["cluster"].remove_node(gpus)
     table = pd.read_csv(directory / "trials.csv", dtype={"gpu_ids": str})
     assert sorted(table["gpu_ids"]) == ["0", "1"]
     assert {shown.rsplit(":", 1)[-1] for shown in table["node"]} == {gpus.node_id[:8]}
+    # The two ran at once. Ray's timestamps are whole seconds (rounded down), so a trial's start
+    # is taken as late and its end as early as they can be; 30 epochs (~8 s) outlast the second
+    # or two by which one trial's fresh worker process starts after the other's prestarted one.
     spans = [
-        (rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"])
+        (rows[0]["timestamp"] + 1 - rows[0]["time_this_iter_s"], rows[-1]["timestamp"])
         for rows in (_results(d) for d in sorted(directory.glob("ray/trial_*")))
     ]
     assert spans[0][0] <= spans[1][1]
