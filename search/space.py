@@ -10,8 +10,9 @@ prunable layer. Every trial shows the same columns: each searched key as the tri
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import product
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -60,6 +61,27 @@ class Space:
         low, high = self.ratios.low or 0.0, self.ratios.high or 0.0
         inside = [r for r in ratios if low <= r <= high]
         return [self.at_defaults(config, dict.fromkeys(self.ratio_names, r)) for r in inside]
+
+    def first_points(
+        self, config: ExperimentConfig, warm: Sequence[Mapping[str, float]] = ()
+    ) -> list[dict[str, Any]]:
+        """Every point enqueued before the sampler takes over, in order: the known points, then
+        the warm start's ratios `warm` (those not known already), each at every combination of
+        `search.known_at` in turn; a point whose ratios are all 0 (the dense model, measured as it
+        is, so the other keys cannot change it) once."""
+        known = self.known_points(config, config.search.known_points)
+        points = known + [p for p in (self.at_defaults(config, r) for r in warm) if p not in known]
+        fixed = config.search.known_at
+        combinations = [
+            dict(zip(fixed, values, strict=True)) for values in product(*fixed.values())
+        ]
+        first: list[dict[str, Any]] = []
+        for point in points:
+            dense = not any(point[name] for name in self.ratio_names)
+            for variant in [point] if dense else [{**point, **c} for c in combinations]:
+                if variant not in first:
+                    first.append(variant)
+        return first
 
     def at_defaults(self, config: ExperimentConfig, ratios: Mapping[str, float]) -> dict[str, Any]:
         """A point of `ratios` with every other searched key at the experiment's own value, where
@@ -170,6 +192,7 @@ def build_space(config: ExperimentConfig, source: str) -> Space:
             (prefix,) if count == 1 else tuple(f"{prefix}{i + 1:0{width}d}" for i in range(count))
         )
     space = Space(tuple(entries), ratios, names, layers)
+    _check_known_at(config, space, f"{source}: search.known_at")
     if config.search.warm_start == "sensitivity":
         _check_warm_start(config, space, f"{source}: search.warm_start")
     return space
@@ -200,6 +223,34 @@ def _check_warm_start(config: ExperimentConfig, space: Space, where: str) -> Non
         keys = ", ".join(k for k, _ in space.entries if k.split(".")[0] in DENSE_SECTIONS)
         raise InputError(f"{where}: sensitivity is measured on the experiment's one dense model, "
                          f"but search.space changes the dense stage ({keys})")  # fmt: skip
+
+
+def _check_known_at(config: ExperimentConfig, space: Space, where: str) -> None:
+    """Each key of `search.known_at` is searched, unconditionally, and each of its values is one
+    the search can give it: the known points are points of the space."""
+    searched = dict(space.entries)
+    if config.search.known_at and space.ratios is None:
+        raise InputError(f"{where}: there are no known points ({RATIOS} is not searched)")
+    for key, values in config.search.known_at.items():
+        if key == RATIOS:
+            raise InputError(f"{where}.{key}: the known points' ratios are search.known_points")
+        if key not in searched:
+            raise InputError(f"{where}.{key}: not a key of search.space (known_at gives the "
+                             "known points values of searched keys)")  # fmt: skip
+        if searched[key].when:
+            raise InputError(f"{where}.{key}: sampled only when {searched[key].when}; a known "
+                             "point cannot fix it")  # fmt: skip
+        for value in values:
+            if not _can_sample(searched[key], value):
+                raise InputError(f"{where}.{key}: {value!r} is not a value search.space.{key} "
+                                 f"can give ({_describe(searched[key])})")  # fmt: skip
+
+
+def _describe(searched: Searched) -> str:
+    if searched.choices is not None:
+        return f"one of {searched.choices}"
+    kind = "whole numbers" if searched.integer else "values"
+    return f"{kind} in [{searched.low:g}, {searched.high:g}]"
 
 
 def _check_condition(searched: Searched, earlier: dict[str, Searched], where: str) -> None:

@@ -358,20 +358,19 @@ def build_tuner(
     storage: Storage,
     warm_points: Sequence[dict[str, float]] = (),
 ) -> tune.Tuner:
-    """The searcher and the Tuner of a new search: the known points first, then the warm start's
-    (`points_to_evaluate` enqueues them in the study; built once, so never again on resume)."""
+    """The searcher and the Tuner of a new search: the known points first, then the warm start's,
+    at `search.known_at` (`points_to_evaluate` enqueues them in the study; built once, so never
+    again on resume)."""
     from ray import tune
 
     search = config.search
-    known = space.known_points(config, search.known_points)
-    warm = [space.at_defaults(config, point) for point in warm_points]
-    warm = [point for point in warm if point not in known]
+    first = space.first_points(config, warm_points)
     searcher = FrontSearch(
         space=partial(sample, space),
         metric=["map", search.cost],
         mode=["max", "min"],
-        points_to_evaluate=[*known, *warm][: search.num_samples],
-        sampler=make_sampler(search, len(search.known_points) + len(warm)),
+        points_to_evaluate=first[: search.num_samples],
+        sampler=make_sampler(search, len(first)),
         study_name=config.name,
         storage=study_storage(directory),
         search_storage=storage.root,

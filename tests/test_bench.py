@@ -8,6 +8,7 @@ is what decides their exit status.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 import sys
@@ -120,6 +121,31 @@ def test_methods_are_summarised_over_seeds_against_the_sweep() -> None:
     assert quality.best_searched([sweep, tpe]) == (tpe, tpe)
 
 
+def test_the_targets_are_judged_against_the_stronger_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The search beats the sweep at the file's lr twice over, but not the sweep at two lrs:
+    the targets are missed, and the table against each sweep is printed."""
+    runs = [
+        _run("sweep", seed, [(0.6, 0.8), (0.3, 0.5)]) for seed in (0, 1)
+    ] + [
+        _run("sweep-lr", seed, [(0.795, 0.5), (0.7, 0.25)]) for seed in (0, 1)
+    ] + [
+        _run("sensitivity-layer-lr", seed, [(0.795, 0.45), (0.71, 0.25)]) for seed in (0, 1)
+    ]  # fmt: skip
+    assert quality.report(runs, tmp_path, warm_first=2) == 1
+    out = capsys.readouterr().out
+    assert "against sweep: best search by hypervolume sensitivity-layer-lr" in out
+    assert "against sweep-lr: best search by hypervolume sensitivity-layer-lr" in out
+    assert "the targets against the stronger of: sweep, sweep-lr" in out
+    lines = [line for line in out.splitlines() if line.startswith("target ")]
+    assert lines[1].startswith(f"target fewer GFLOPs at dense - 1 point, best search vs the "
+                               f"stronger sweep: {0.5 / 0.45:.4g}x")  # fmt: skip
+    saved = json.loads((tmp_path / "search-quality.json").read_text())
+    assert set(saved["against"]) == {"sweep", "sweep-lr"}
+    assert (tmp_path / "search-quality.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("method", quality.METHODS)
 def test_every_methods_experiment_is_a_valid_search_of_the_default_task(
     method: str, tmp_path: Path
@@ -135,24 +161,38 @@ def test_every_methods_experiment_is_a_valid_search_of_the_default_task(
     space = build_space(config, str(source))  # ratio counts and ranges checked as a run does
     assert (config.name, config.search.num_samples, config.search.seed) == (f"{method}-s1", 9, 1)
     assert (config.finetune.epochs, config.finetune.seed) == (2, 1)
+    at_lrs = method.endswith("-lr")
+    if at_lrs:  # each cost at two lrs: half as many costs
+        assert config.search.known_at == {"finetune.lr": [2e-3, 5e-4]}
+        assert [key for key, _ in space.entries] == ["finetune.lr"]
+        assert len(space.first_points(config)) <= 9
+    else:
+        assert not config.search.known_at
     if method.startswith("sensitivity-"):  # the warm start's budgets, one per trial but the
         budgets = config.search.warm_start_budgets  # dense model's: the sweep's costs
-        assert len(budgets) == 8
+        assert len(budgets) == (4 if at_lrs else 8)
         assert budgets == sorted(set(budgets))
-        sweep = quality.experiment("sweep", 1, trials=9, epochs=2)["search"]["known_points"]
+        sweep_name = "sweep-lr" if at_lrs else "sweep"
+        sweep = quality.experiment(sweep_name, 1, trials=9, epochs=2)["search"]["known_points"]
         for ratio, budget in zip(sweep[1:], budgets, strict=True):
             # a conv's cost scales with (1 - ratio) of its inputs and of its outputs; the image's
             # 3 channels, the head's outputs and widths rounded to 4 filters keep a little more
             assert 0.8 <= budget / (1 - (1 - ratio) ** 2) <= 1.0
         assert config.search.warm_start == "sensitivity"
         assert len(space.ratio_names) == (22 if "layer" in method else 6)
-        assert not space.entries
-    elif method == "sweep":  # every trial a uniform ratio at the experiment's own finetune
+        assert at_lrs or not space.entries
+    elif method.startswith("sweep"):  # every trial a uniform ratio at the experiment's finetune
         assert space.ratio_names == ("ratio",)
-        assert not space.entries
+        assert at_lrs or not space.entries
         assert config.search.known_points[0] == 0.0
-        assert len(config.search.known_points) == 9
+        assert len(config.search.known_points) == (5 if at_lrs else 9)
         assert config.search.known_points[-1] == pytest.approx(0.6)
+        if at_lrs:  # the dense model once, then each ratio at the two lrs: the budget but one
+            first = space.first_points(config)
+            assert [(p["ratio"], p.get("finetune.lr")) for p in first[:3]] == [
+                (0.0, 2e-3), (0.15, 2e-3), (0.15, 5e-4)
+            ]  # fmt: skip
+            assert len(first) == 9
     else:
         assert config.search.known_points == [0.0]
         assert config.search.sampler == method.split("-", maxsplit=1)[0]

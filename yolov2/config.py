@@ -307,7 +307,9 @@ class SearchConfig(Section):
     values of the other searched keys where the search can give them. `warm_start: sensitivity`
     adds, after them, one point per `warm_start_budgets` entry (a fraction of the dense model's
     GFLOPs to remove): per-group ratios chosen greedily from the dense model's sensitivity to each
-    group of `prune.ratios` pruned alone (yolov2/sensitivity.py)."""
+    group of `prune.ratios` pruned alone (yolov2/sensitivity.py). `known_at` maps a searched key
+    (`finetune.lr`, say) to values at which every known and warm point is tried, in place of the
+    experiment's own value, each combination once; the dense model (ratios all 0) is tried once."""
 
     num_samples: int = Field(12, ge=1)
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"  # multi-objective: map up, cost down
@@ -321,6 +323,7 @@ class SearchConfig(Section):
     early_stop: EarlyStopConfig | None = None  # none: every trial runs its whole finetune
     warm_start: Literal["none", "sensitivity"] = "none"
     warm_start_budgets: list[Annotated[float, Field(gt=0, lt=1)]] = [0.3, 0.5, 0.7]
+    known_at: dict[str, Annotated[list[Scalar], Field(min_length=1)]] = Field(default_factory=dict)
     space: dict[str, Searched] = Field(default_factory=_default_space)
 
     @field_validator("space")

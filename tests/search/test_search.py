@@ -250,6 +250,30 @@ def test_a_trial_whose_loss_diverges_fails_alone(smoke_cache: Path, tmp_path: Pa
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
 
 
+def test_known_at_tries_the_known_points_at_each_lr(smoke_cache: Path, tmp_path: Path) -> None:
+    space = (
+        "search.space={prune.ratios: {groups: uniform, low: 0.0, high: 0.5}, "
+        "finetune.lr: {low: 1.0e-4, high: 1.0e-2, log: true}}"
+    )
+    overrides = smoke_overrides(
+        smoke_cache, space, "search.known_points=[0.0, 0.3]", "search.known_at={finetune.lr: [0.002, 0.0005]}"
+    )  # fmt: skip
+    code, _, err = search(
+        ["run", str(SMOKE), "--storage", str(tmp_path), "--num-samples", "3", *set_arguments(overrides)]
+    )  # fmt: skip
+    assert code == 0, err
+    table = _table(tmp_path / "smoke")
+    assert (table["state"] == "COMPLETE").all()
+    pruned = table[~table["dense"].astype(bool)].sort_values("finetune.lr")
+    assert pruned["ratio"].tolist() == pytest.approx([0.3, 0.3])
+    assert pruned["finetune.lr"].tolist() == pytest.approx([0.0005, 0.002])
+    assert pruned["map"].nunique() == 2  # two finetunes, not one reported twice
+    study = optuna.load_study(
+        study_name="smoke", storage=f"sqlite:///{tmp_path / 'smoke' / 'study.db'}"
+    )
+    assert [t.params["finetune.lr"] for t in study.trials[1:]] == pytest.approx([0.002, 0.0005])
+
+
 @pytest.mark.parametrize(
     ("override", "problem"),
     [

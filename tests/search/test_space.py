@@ -285,3 +285,77 @@ def test_every_named_sampler_survives_rays_pickle_and_samples_on(tmp_path: Path,
     directory.mkdir()
     build_tuner(config, space, directory, Storage(str(directory)))  # writes tuner.pkl
     assert (directory / "ray" / "tuner.pkl").is_file()
+
+
+KNOWN_AT = """
+search:
+  known_points: [0.0, 0.3]
+  known_at: {finetune.lr: [0.002, 0.0005], finetune_loss.coord_scale: [1.0, 2.0]}
+  space:
+    prune.ratios: {groups: stage, low: 0.0, high: 0.6}
+    finetune.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
+    finetune_loss.coord_scale: {low: 0.5, high: 2.0}
+"""
+
+
+def test_known_at_tries_each_known_and_warm_point_at_every_combination(tmp_path: Path) -> None:
+    config, source = _config(tmp_path, KNOWN_AT)
+    space = build_space(config, source)
+    warm = {name: 0.1 * i for i, name in enumerate(space.ratio_names)}
+    first = space.first_points(config, [warm, dict.fromkeys(space.ratio_names, 0.3)])
+    ratios = [tuple(point[name] for name in space.ratio_names) for point in first]
+    # The dense model once (its finetune settings change nothing); 0.3 and the warm point at the
+    # 4 combinations, in turn; the warm point equal to a known one is not tried twice.
+    assert ratios == [(0.0,) * 6] + [(0.3,) * 6] * 4 + [tuple(warm.values())] * 4
+    assert first[0] == {**dict.fromkeys(space.ratio_names, 0.0), "finetune.lr": 0.004,
+                        "finetune_loss.coord_scale": config.loss.coord_scale}  # fmt: skip
+    settings = [(point["finetune.lr"], point["finetune_loss.coord_scale"]) for point in first[1:5]]
+    assert settings == [(0.002, 1.0), (0.002, 2.0), (0.0005, 1.0), (0.0005, 2.0)]
+    assert [p["finetune.lr"] for p in first[5:]] == [0.002, 0.002, 0.0005, 0.0005]
+    assert config.search.known_at["finetune_loss.coord_scale"] == [1.0, 2.0]
+
+
+def test_without_known_at_the_first_points_are_the_known_then_the_warm(tmp_path: Path) -> None:
+    config, source = _config(tmp_path, KNOWN_AT, "search.known_at={}")
+    space = build_space(config, source)
+    warm = dict.fromkeys(space.ratio_names, 0.2)
+    first = space.first_points(config, [warm])
+    assert first == [
+        *space.known_points(config, [0.0, 0.3]),
+        space.at_defaults(config, warm),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("known_at", "problem"),
+    [
+        ("{prune.ratios: [0.2]}", "search.known_at.prune.ratios: the known points' ratios are search.known_points"),
+        ("{finetune.weight_decay: [0.1]}", "search.known_at.finetune.weight_decay: not a key of search.space"),
+        ("{finetune.lr: [0.5]}", "search.known_at.finetune.lr: 0.5 is not a value search.space.finetune.lr can give (values in [0.0001, 0.01])"),
+        ("{finetune.lr: [fast]}", "search.known_at.finetune.lr: 'fast' is not a value search.space.finetune.lr"),
+        ("{prune.scope: [layer]}", "search.known_at.prune.scope: sampled only when {'prune.method': 'weight'}"),
+        ("{prune.criterion: [l2]}", "search.known_at.prune.criterion: sampled only when"),
+    ],
+)  # fmt: skip
+def test_a_known_at_the_space_cannot_give_is_one_line(
+    tmp_path: Path, known_at: str, problem: str
+) -> None:
+    config, source = _config(tmp_path, SPACE, f"search.known_at={known_at}")
+    with pytest.raises(InputError) as caught:
+        build_space(config, source)
+    assert str(caught.value).startswith(f"{source}: {problem}")
+
+
+def test_a_known_at_choice_outside_the_choices_names_them(tmp_path: Path) -> None:
+    space = "search:\n  space:\n    prune.ratios: {groups: uniform, low: 0.0, high: 0.6}\n" \
+            "    prune.criterion: {choices: [l1, bn]}\n"  # fmt: skip
+    config, source = _config(tmp_path, space, "search.known_at={prune.criterion: [l2]}")
+    with pytest.raises(InputError, match=r"'l2' is not a value .* \(one of \['l1', 'bn'\]\)"):
+        build_space(config, source)
+
+
+def test_known_at_without_searched_ratios_has_no_points_to_fix(tmp_path: Path) -> None:
+    space = "search:\n  space:\n    finetune.lr: {low: 1.0e-4, high: 1.0e-2}\n"
+    config, source = _config(tmp_path, space, "search.known_at={finetune.lr: [0.001]}")
+    with pytest.raises(InputError, match=r"search\.known_at: there are no known points"):
+        build_space(config, source)
