@@ -24,8 +24,9 @@ normalised by the dense model's own box (its map times its GFLOPs), after each t
 end; and the fewest GFLOPs it reaches within 1 map point of the dense model. Side by side, per
 method: the mean and the spread over seeds, and the ratios to the sweep (and to `sweep-lr`, when it
 ran). Targets: the best searched method's mean hypervolume >= 1.05 x the sweep's, and >= 1.3 x
-fewer GFLOPs than the sweep at dense - 1 point, each against the stronger of the two sweeps. Each run is a real `prune-search run` into `--out/<method>-s<seed>`; a run already
-finished there is read back, not run again, so an interrupted benchmark carries on.
+fewer GFLOPs than the sweep at dense - 1 point, each against the stronger of the two sweeps. Each
+run is a real `prune-search run` into `--out/<method>-s<seed>`; a run already finished there is
+read back, not run again, so an interrupted benchmark carries on.
 
     python bench/bench_search_quality.py [--trials 16] [--epochs 2] [--seeds 0 1]
         [--methods sweep tpe-stage ...] [--out runs/bench-quality] [--results bench/results]
@@ -141,9 +142,14 @@ def summarise(runs: Sequence[Run], reference: str = SWEEP) -> list[Summary]:
     return summaries
 
 
+def is_sweep(method: str) -> bool:
+    """`sweep` or `sweep-lr`: uniform ratios, the baselines."""
+    return method.removesuffix(AT_LRS) == SWEEP
+
+
 def best_searched(summaries: Sequence[Summary]) -> tuple[Summary, Summary]:
     """The searched methods with the highest mean hypervolume and the fewest mean GFLOPs."""
-    searched = [s for s in summaries if s.method.removesuffix(AT_LRS) != SWEEP]
+    searched = [s for s in summaries if not is_sweep(s.method)]
     return (
         max(searched, key=lambda s: s.hypervolume),
         min(searched, key=lambda s: s.fewest_gflops),
@@ -165,7 +171,7 @@ def experiment(method: str, seed: int, trials: int, epochs: int) -> dict[str, An
     lr_space = {"finetune.lr": search["space"]["finetune.lr"]} if at_lrs else {}
     if at_lrs:
         search["known_at"] = {"finetune.lr": LRS}
-    if method.removesuffix(AT_LRS) == SWEEP:
+    if is_sweep(method):
         search.update(
             sampler="random",
             known_points=[round(float(r), 4) for r in grid],
@@ -285,6 +291,7 @@ def report(runs: Sequence[Run], results: Path, warm_first: int) -> int:
     targets against the stronger sweep: a search beats the sweeps only if it beats both."""
     sweeps = [m for m in (SWEEP, SWEEP + AT_LRS) if any(r.method == m for r in runs)]
     tables = {reference: summarise(runs, reference) for reference in sweeps or [SWEEP]}
+    first = next(iter(tables.values()))  # against the plain sweep where it ran
     print(f"\n{len(runs)} runs, {sum(r.minutes for r in runs):.1f} min of search in all")
     for reference, summaries in tables.items():
         print(
@@ -306,7 +313,7 @@ def report(runs: Sequence[Run], results: Path, warm_first: int) -> int:
             {**asdict(r), "hypervolume": r.hypervolume(), "fewest_gflops": r.fewest_gflops()}
             for r in runs
         ],
-        "summaries": [asdict(s) for s in tables[sweeps[0] if sweeps else SWEEP]],
+        "summaries": [asdict(s) for s in first],
         "against": {reference: [asdict(s) for s in table] for reference, table in tables.items()},
         "warm_start": warm,
     }
@@ -315,7 +322,7 @@ def report(runs: Sequence[Run], results: Path, warm_first: int) -> int:
 
     from targets import Target, check  # bench/targets.py, beside this script
 
-    if not sweeps or len(tables[sweeps[0]]) <= len(sweeps):
+    if not sweeps or all(is_sweep(s.method) for s in first):
         print("no sweep, or nothing searched beside it: no targets to check")
         return 1
     hv, gflops = float("inf"), float("inf")

@@ -77,8 +77,8 @@ class Space:
         ]
         first: list[dict[str, Any]] = []
         for point in points:
-            dense = not any(point[name] for name in self.ratio_names)
-            for variant in [point] if dense else [{**point, **c} for c in combinations]:
+            variants = [point] if self.is_dense(point) else [{**point, **c} for c in combinations]
+            for variant in variants:
                 if variant not in first:
                     first.append(variant)
         return first
@@ -97,6 +97,10 @@ class Space:
                 point[key] = value
         return point
 
+    def is_dense(self, params: Mapping[str, Any]) -> bool:
+        """Whether the sample `params` is the dense model: its ratios, when searched, all 0."""
+        return not any(float(params[name]) for name in self.ratio_names)
+
     def apply(self, config: ExperimentConfig, params: Mapping[str, Any]) -> ExperimentConfig:
         """The experiment of one trial: `config` with the sampled values set; ratios all 0 are the
         dense model as it is (prune.method none), the baseline of the front."""
@@ -111,7 +115,7 @@ class Space:
                 prune["ratio"], prune["ratios"] = values[0], None
             else:
                 prune["ratio"], prune["ratios"] = None, values
-            if not any(values):
+            if self.is_dense(params):
                 prune["method"] = "none"
         return ExperimentConfig.model_validate(raw)
 
