@@ -85,9 +85,11 @@ class SearchViews(Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         result = trial.last_result or {}
-        objectives = [result.get("map"), result.get(self.config.search.cost)]
-        if not all(is_finite(v) for v in objectives):
-            state, error = FAILED, "its last report has no finite map and cost"
+        objectives = {name: result.get(name) for name in ("map", self.config.search.cost)}
+        broken = {name: value for name, value in objectives.items() if not is_finite(value)}
+        if broken:
+            shown = ", ".join(f"{name} {value}" for name, value in broken.items())
+            state, error = FAILED, f"its last report has no finite objective ({shown})"
         elif not result.get(FINISHED):
             state, error = STOPPED, ""
         else:

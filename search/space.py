@@ -54,13 +54,30 @@ class Space:
         return any(key.split(".")[0] in DENSE_SECTIONS for key, _ in self.entries)
 
     def known_points(self, config: ExperimentConfig, ratios: list[float]) -> list[dict[str, Any]]:
-        """Enqueued first: the uniform ratios inside the searched range (0: the dense model), each
-        at the experiment's own values of the other searched keys (`at_defaults`)."""
+        """Enqueued first: the uniform `ratios` (0: the dense model), each at the experiment's own
+        values of the other searched keys (`at_defaults`). build_space has refused a ratio outside
+        the searched range."""
         if self.ratios is None:
             return []
+        return [self.at_defaults(config, dict.fromkeys(self.ratio_names, r)) for r in ratios]
+
+    def check_ratios(self, points: Sequence[Mapping[str, float]], where: str) -> None:
+        """Refuse a point (known or warm start) whose ratios leave the searched range: the sampler
+        would be told of a trial it could never have drawn. The dense point (every ratio 0) is the
+        front's reference and always allowed."""
+        if self.ratios is None:
+            return
         low, high = self.ratios.low or 0.0, self.ratios.high or 0.0
-        inside = [r for r in ratios if low <= r <= high]
-        return [self.at_defaults(config, dict.fromkeys(self.ratio_names, r)) for r in inside]
+        for point in points:
+            if self.is_dense(point):
+                continue
+            outside = {n: point[n] for n in self.ratio_names if not low <= point[n] <= high}
+            if outside:
+                shown = ", ".join(f"{name} {value:g}" for name, value in outside.items())
+                raise InputError(
+                    f"{where}: a point with {shown} lies outside search.space.{RATIOS} "
+                    f"[{low:g}, {high:g}] (0 everywhere, the dense model, is always allowed)"
+                )
 
     def first_points(
         self, config: ExperimentConfig, warm: Sequence[Mapping[str, float]] = ()
@@ -105,7 +122,11 @@ class Space:
         """The experiment of one trial: `config` with the sampled values set; ratios all 0 are the
         dense model as it is (prune.method none), the baseline of the front."""
         raw = config.model_dump(mode="json")
-        for key, _ in self.entries:
+        # The finetune's loss is the trial's `loss` with its own samples over it, whatever the
+        # order of the keys: `finetune_loss` unset starts as a copy of `loss`, so that copy is
+        # taken after every `loss.*` sample.
+        keys = sorted(self.entries, key=lambda entry: entry[0].startswith("finetune_loss."))
+        for key, _ in keys:
             if key in params:
                 _set(raw, key, params[key])
         if self.ratios is not None:
@@ -196,6 +217,8 @@ def build_space(config: ExperimentConfig, source: str) -> Space:
             (prefix,) if count == 1 else tuple(f"{prefix}{i + 1:0{width}d}" for i in range(count))
         )
     space = Space(tuple(entries), ratios, names, layers)
+    known = [dict.fromkeys(names, r) for r in config.search.known_points]
+    space.check_ratios(known, f"{source}: search.known_points")
     _check_known_at(config, space, f"{source}: search.known_at")
     if config.search.warm_start == "sensitivity":
         _check_warm_start(config, space, f"{source}: search.warm_start")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from search import dense
-from search.space import Space, is_finite
+from search.space import Space
 from search.storage import Storage
 from yolov2.config import ExperimentConfig
 from yolov2.engine import STATE_FILE
@@ -98,15 +98,20 @@ def run_trial(
 
     result = run(local, out, report)
     dense.after_trial(config, shared, driver_cache)
-    final = {**_scalars(result.metrics), **placement, FINISHED: True}
-    if not is_finite(final["map"]):
-        final["map"] = 0.0  # a collapsed model scores nothing; NaN would leave the study RUNNING
+    final = final_metrics(result.metrics, placement)
     with tempfile.TemporaryDirectory() as staging:
         shutil.copy2(result.checkpoint, Path(staging) / CHECKPOINT_FILE)
         (Path(staging) / METRICS_FILE).write_text(json.dumps(final, indent=2))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(staging))
     _trim_states(shared, trial_id, keep=0)
     shutil.rmtree(out, ignore_errors=True)  # all of it is in the checkpoint and the reports
+
+
+def final_metrics(metrics: dict[str, Any], placement: dict[str, Any]) -> dict[str, Any]:
+    """A trial's last report: every metric as measured and `finished`. A map that is not finite
+    stays so: the searcher tells the study FAIL and the ledger records it failed, where a map
+    made 0 would be a COMPLETE trial at the front's cheap end. A model that scores 0 is 0."""
+    return {**_scalars(metrics), **placement, FINISHED: True}
 
 
 def _trim_states(storage: Storage, trial_id: str, keep: int) -> None:

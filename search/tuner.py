@@ -82,6 +82,7 @@ def run(config: ExperimentConfig, source: str, storage: Storage, address: str | 
         make_dense(config, space, storage, on_cluster=address is not None)
         # 4. the warm start, if asked: points chosen from the dense model's sensitivity
         warm = warm_start.plan(config, space, storage, on_cluster=address is not None)
+        space.check_ratios(warm.points, f"{source}: search.warm_start")
         with _undone_unless_built(directory, storage):  # a failed start leaves no half search
             write_text_atomic(directory / EXPERIMENT_FILE, config.to_yaml())
             push(directory, storage, tuple(path.name for path in warm.write(directory)))
@@ -365,6 +366,11 @@ def build_tuner(
 
     search = config.search
     first = space.first_points(config, warm_points)
+    if len(first) > search.num_samples:
+        log.warning(
+            "search.num_samples is %d: %d of the %d known and warm-start points are not tried",
+            search.num_samples, len(first) - search.num_samples, len(first),
+        )  # fmt: skip
     searcher = FrontSearch(
         space=partial(sample, space),
         metric=["map", search.cost],

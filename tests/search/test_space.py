@@ -87,7 +87,7 @@ def test_a_sample_becomes_the_trial_experiment(tmp_path: Path) -> None:
 def test_ratios_all_zero_are_the_dense_model(tmp_path: Path) -> None:
     config, source = _config(tmp_path)
     space = build_space(config, source)
-    (dense, point) = space.known_points(config, [0.0, 0.3, 0.9])  # 0.9 lies outside [0, 0.6]
+    (dense, point) = space.known_points(config, [0.0, 0.3])
     # The other searched keys at the experiment's own values: filter (so no scope), its criterion,
     # its lr and the loss's coord_scale; its 6 finetune epochs lie outside [1, 3]: sampled.
     own = {
@@ -359,3 +359,62 @@ def test_known_at_without_searched_ratios_has_no_points_to_fix(tmp_path: Path) -
     config, source = _config(tmp_path, space, "search.known_at={finetune.lr: [0.001]}")
     with pytest.raises(InputError, match=r"search\.known_at: there are no known points"):
         build_space(config, source)
+
+
+LOSS_ORDERS = [
+    "    finetune_loss.coord_scale: {low: 0.5, high: 2.0}\n    loss.object_scale: {low: 1.0, high: 9.0}\n",
+    "    loss.object_scale: {low: 1.0, high: 9.0}\n    finetune_loss.coord_scale: {low: 0.5, high: 2.0}\n",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("keys", LOSS_ORDERS, ids=["finetune_loss first", "loss first"])
+def test_the_finetune_loss_is_the_trials_loss_whatever_the_key_order(
+    tmp_path: Path, keys: str
+) -> None:
+    space_text = "search:\n  space:\n    prune.ratios: {groups: uniform, low: 0.0, high: 0.6}\n"
+    config, source = _config(tmp_path, space_text + keys)
+    assert config.finetune_loss is None and config.loss.object_scale == 5.0
+    space = build_space(config, source)
+    params = {"ratio": 0.3, "finetune_loss.coord_scale": 1.5, "loss.object_scale": 9.0}
+    trial = space.apply(config, params)
+    assert trial.loss.object_scale == 9.0
+    assert trial.finetune_loss is not None
+    assert (trial.finetune_loss.object_scale, trial.finetune_loss.coord_scale) == (9.0, 1.5)
+    assert trial.finetune_loss.noobject_scale == config.loss.noobject_scale
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("search.known_points=[0.0, 0.3, 0.9]", "a point with ratio 0.9 lies outside search.space.prune.ratios [0, 0.6]"),
+        ("search.known_points=[0.1]", "a point with ratio 0.1 lies outside search.space.prune.ratios [0.2, 0.6]"),
+    ],
+)  # fmt: skip
+def test_a_known_point_outside_the_searched_range_is_one_line(
+    tmp_path: Path, override: str, problem: str
+) -> None:
+    low = 0.2 if "0.1]" in override else 0.0
+    space_text = f"search:\n  space:\n    prune.ratios: {{groups: uniform, low: {low}, high: 0.6}}\n"
+    config, source = _config(tmp_path, space_text, override)
+    with pytest.raises(InputError) as caught:
+        build_space(config, source)
+    assert str(caught.value).startswith(f"{source}: search.known_points: {problem}")
+
+
+def test_the_dense_point_is_allowed_below_the_range_and_kept(tmp_path: Path) -> None:
+    space_text = "search:\n  space:\n    prune.ratios: {groups: stage, low: 0.2, high: 0.6}\n"
+    config, source = _config(tmp_path, space_text, "search.known_points=[0.0, 0.3]")
+    space = build_space(config, source)
+    first = space.first_points(config)
+    assert [point[space.ratio_names[0]] for point in first] == [0.0, 0.3]
+
+
+def test_a_warm_point_outside_the_range_names_the_group(tmp_path: Path) -> None:
+    space_text = "search:\n  space:\n    prune.ratios: {groups: stage, low: 0.0, high: 0.6}\n"
+    config, source = _config(tmp_path, space_text, "search.known_points=[0.0]")
+    space = build_space(config, source)
+    inside = dict.fromkeys(space.ratio_names, 0.6)
+    space.check_ratios([inside, dict.fromkeys(space.ratio_names, 0.0)], "warm")
+    outside = {**inside, "ratio.stage2": 0.65}
+    with pytest.raises(InputError, match=r"^warm: a point with ratio.stage2 0.65 lies outside"):
+        space.check_ratios([inside, outside], "warm")
