@@ -22,6 +22,9 @@ import numpy.typing as npt
 from yolov2.evaluate import METRICS, Detections, GroundTruth, Metric, mean_ap, precision_recall
 
 TOLERANCE = 1e-12
+# What the devkit's `t=0:0.1:1` holds in MATLAB, written out rather than computed: 3*0.1 for 0.3
+# (first half of the colon), 1-4*0.1 and 1-3*0.1 for 0.6 and 0.7 (second half), which are exact.
+DEVKIT_RECALLS = (0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 @dataclass(frozen=True)
@@ -184,10 +187,10 @@ def reference_voc_eval(
 def reference_ap(
     rec: npt.NDArray[np.float64], prec: npt.NDArray[np.float64], metric: Metric
 ) -> float:
-    """The devkit's VOCap / 11-point loop, element by element."""
+    """The devkit's VOCap / 11-point loop, element by element, at MATLAB's thresholds."""
     if metric == "voc07":
         ap = 0.0
-        for t in [k / 10 for k in range(11)]:
+        for t in DEVKIT_RECALLS:
             p = prec[rec >= t]
             ap += (float(np.max(p)) if p.size else 0.0) / 11.0
         return ap

@@ -145,6 +145,8 @@ _CACHE_SOURCES = {
 _CACHE_HEADINGS = {
     "synthetic": "synthetic data sets",
     "dense": "dense models",
+    "fingerprints": "real data sets' annotation digests (read again when cleared)",
+    "latency": "latency figures by architecture (timed again when cleared)",
     "partial": "interrupted generations",
     "other": "not written by prune-search (--clear leaves it)",
 }

@@ -10,8 +10,10 @@ of a trial's own (a space that changes the dense stage) is made by that trial an
 others. Which trial makes a dense config is decided by a small Ray actor (`Claims`), the lock
 across nodes; a trial waiting on another's polls the store.
 
-The key is the dense sections' digest as the driver resolves them; generated data is known by its
-recipe (not where a node caches it), so every node's own dense folder holds the same model.
+The key is the pipeline's dense key as each node resolves it (`dense_key_here`): generated data is
+known by its recipe and real data by its content (not where a node keeps either), so every node's
+own dense folder holds the same model; the precision its device trains in is part of it, so a GPU
+node never takes a CPU node's model for its own.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from yolov2.config import ExperimentConfig, default_cache
 from yolov2.engine import Splits, load_splits
 from yolov2.pipeline import (
     CHECKPOINT_FILE,
-    DENSE_SECTIONS,
     METRICS_FILE,
     Stage,
     cached_dense,
     dense_folder,
+    dense_key_here,
 )
 
 log = logging.getLogger("prune-search")
@@ -41,7 +43,8 @@ MADE_FILE = "made.json"  # which node made a published dense stage, and where
 
 
 def store_key(config: ExperimentConfig) -> str:
-    return config.digest(*DENSE_SECTIONS)
+    """The store's name of the dense stage of `config` (this node's config: `on_this_node`)."""
+    return dense_key_here(config)
 
 
 def on_this_node(config: ExperimentConfig, driver_cache: str) -> ExperimentConfig:
@@ -135,8 +138,8 @@ def for_trial(
     it makes it (in `pipeline.run`) and publishes it after; the others wait for the store."""
     import ray
 
-    key = store_key(config)
     local = on_this_node(config, driver_cache)
+    key = store_key(local)
     while not fetch(storage, key, local):
         try:
             claims = ray.get_actor(claims_name(config.name))
@@ -152,8 +155,8 @@ def for_trial(
 
 def after_trial(config: ExperimentConfig, storage: Storage, driver_cache: str) -> None:
     """Publish the trial's dense stage if this trial made it."""
-    key = store_key(config)
     local = on_this_node(config, driver_cache)
+    key = store_key(local)
     if not published(storage, key) and (dense_folder(local) / CHECKPOINT_FILE).is_file():
         publish(storage, key, dense_folder(local))
 
@@ -165,7 +168,7 @@ def on_node(
     from the store (unless `storage` is None), or taken from the cache, or made here."""
     local = on_this_node(config, driver_cache)
     if storage is not None:
-        fetch(storage, store_key(config), local)
+        fetch(storage, store_key(local), local)
     splits = load_splits(local.data)
     return local, splits, cached_dense(local, splits)
 
@@ -175,7 +178,7 @@ def make(config: ExperimentConfig, storage: Storage | None, driver_cache: str) -
     (unless `storage` is None). Returns its map. Runs on the driver (a local search) or as a Ray
     task on a node with a trial's resources (a cluster)."""
     local, _, stage = on_node(config, storage, driver_cache)
-    key = store_key(config)
+    key = store_key(local)
     if storage is not None and not published(storage, key):
         publish(storage, key, dense_folder(local))
     return stage.map

@@ -85,6 +85,23 @@ class Ledger:
         previous = self.records.get(record.trial_id)
         record.order = previous.order if previous else len(self.records) + 1
         self.records[record.trial_id] = record
+        self._save()
+
+    def keep_only(self, trial_ids: set[str]) -> set[str]:
+        """Remove every record but those of `trial_ids`, number the rest again in their order and
+        save; returns the ids removed."""
+        removed = set(self.records) - trial_ids
+        if removed:
+            kept = sorted((r for r in self.records.values() if r.trial_id in trial_ids),
+                          key=lambda r: r.order)  # fmt: skip
+            self.records = {}
+            for record in kept:
+                record.order = len(self.records) + 1
+                self.records[record.trial_id] = record
+            self._save()
+        return removed
+
+    def _save(self) -> None:
         trials = [asdict(r) for r in sorted(self.records.values(), key=lambda r: r.order)]
         write_text_atomic(self.directory / self.name, json.dumps({"trials": trials}, indent=1))
 

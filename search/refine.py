@@ -19,6 +19,7 @@ from pathlib import Path
 from search.pareto import COMPLETE, Front, Ledger, TrialRecord, pareto_front, trials_table
 from search.reporting import VIEWS_DIR, write_front, write_views
 from search.trainable import FINISHED
+from yolov2.latency import LATENCY_FILE, LatencyCache, cached_latency, latency_threads
 from yolov2.pipeline import run
 
 log = logging.getLogger("prune-search")
@@ -33,9 +34,16 @@ EPOCHS = "refine_epochs"  # the finetune epochs a refined point got
 
 def refine(directory: Path, epochs: int | None = None) -> tuple[Front, Front]:
     """(the searched front, the refined front) of the search in `directory`."""
-    from search.tuner import load_experiment
+    from search.tuner import load_experiment, locate
 
     config, space = load_experiment(directory)
+    # The search's latency figures (a refined point keeps its trial's architecture, and its figure)
+    storage = locate(str(directory))[1]
+    if storage.remote:
+        storage.download(LATENCY_FILE, directory / LATENCY_FILE)
+    latency = cached_latency(
+        LatencyCache(directory / LATENCY_FILE), latency_threads(config.search.cpus_per_trial)
+    )
     cost = config.search.cost
     ledger = Ledger.load(directory)
     searched = pareto_front(trials_table(ledger, space.columns), cost)
@@ -58,7 +66,7 @@ def refine(directory: Path, epochs: int | None = None) -> tuple[Front, Front]:
             update={"finetune": trial.finetune.model_copy(update={"epochs": epochs})}
         )
         out = directory / REFINED_DIR / trial_id
-        result = run(trial, out)
+        result = run(trial, out, latency=latency)
         metrics = {**result.metrics, EPOCHS: epochs, FINISHED: True}
         refined.record(
             TrialRecord(

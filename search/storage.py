@@ -91,16 +91,24 @@ class Storage:
 
     def folders(self, relative: str, prefix: str = "") -> list[str]:
         """The names of the folders in `relative` that start with `prefix`, sorted."""
+        return self._listed(relative, prefix, folders=True)
+
+    def files(self, relative: str, prefix: str = "") -> list[str]:
+        """The names of the files in `relative` that start with `prefix`, sorted."""
+        return self._listed(relative, prefix, folders=False)
+
+    def _listed(self, relative: str, prefix: str, folders: bool) -> list[str]:
         import pyarrow.fs
 
         filesystem, path = self._resolved(relative)
         if filesystem.get_file_info(path).type != pyarrow.fs.FileType.Directory:
             return []
+        kind = pyarrow.fs.FileType.Directory if folders else pyarrow.fs.FileType.File
         listed = filesystem.get_file_info(pyarrow.fs.FileSelector(path))
         return sorted(
             info.base_name
             for info in listed
-            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(prefix)
+            if info.type == kind and info.base_name.startswith(prefix)
         )
 
     def delete_folder(self, relative: str) -> None:

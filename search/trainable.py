@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from search import dense
+from search.latency import trial_latency
 from search.space import Space
 from search.storage import Storage
 from yolov2.config import ExperimentConfig
@@ -73,9 +74,8 @@ def run_trial(
         if finished is not None:  # finished before a lost driver's last snapshot: no rerun
             tune.report({**finished, REPLAYED: True}, checkpoint=restored)
             return
-    threads, workers = trial_resources(
-        context.get_trial_resources().required_resources.get("CPU", 1.0)
-    )
+    cpus = context.get_trial_resources().required_resources.get("CPU", 1.0)
+    threads, workers = trial_resources(cpus)
     torch.set_num_threads(threads)
     config = space.apply(ExperimentConfig.model_validate(experiment), params)
     config = config.model_copy(update={"data": config.data.model_copy(update={"workers": workers})})
@@ -96,7 +96,8 @@ def run_trial(
             tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(staging))
         _trim_states(shared, trial_id, keep=KEEP_STATES)
 
-    result = run(local, out, report)
+    # latency_ms: the search's one figure for the architecture, timed (once) in this trial's slot
+    result = run(local, out, report, trial_latency(config.name, shared, cpus))
     dense.after_trial(config, shared, driver_cache)
     final = final_metrics(result.metrics, placement)
     with tempfile.TemporaryDirectory() as staging:

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from search import dense, warm_start
+from search import books, dense, latency, warm_start
+from search.books import RAY_ID, settle_study, study_storage
 from search.early_stop import make_scheduler
 from search.pareto import Front, Ledger, pareto_front, trials_table
 from search.reporting import SearchViews, TrialCurves, write_front
@@ -32,7 +33,6 @@ from search.space import Space, build_space, is_finite, sample
 from search.storage import (
     DRIVER_FILES,
     EXPERIMENT_FILE,
-    STUDY_FILE,
     Storage,
     is_uri,
     pull,
@@ -68,7 +68,7 @@ def run(config: ExperimentConfig, source: str, storage: Storage, address: str | 
     driver's folder is `runs/<name>`); the same search again resumes it."""
     directory = storage.driver_folder()
     space = build_space(config, source)  # 1. the space, checked before Ray starts
-    if _same_search(directory, config):
+    if _same_search(directory, config, storage):
         log.info("%s holds this search already: resuming it", directory)
         return resume(str(directory), address)
     _check_new_experiment_dir(directory)
@@ -146,12 +146,17 @@ def resume(location: str, address: str | None = None) -> Outcome:
         if (directory / EXPERIMENT_FILE).is_file():
             write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
     config, space = load_experiment(directory, storage)
-    if len(Ledger.load(directory).records) >= config.search.num_samples:
+    # One set of books: the study, the ledger and the trial folders hold Ray's trials, by id.
+    trials = books.ray_trials(storage)
+    books.reconcile(directory, storage, config, trials)
+    push(directory, storage, DRIVER_FILES)
+    ledger = Ledger.load(directory)
+    ended = [t for t, status in trials.items() if status in books.ENDED and t in ledger.records]
+    if len(ended) >= config.search.num_samples:
         log.info("%s: the search has finished (%d trials)", directory, config.search.num_samples)
         return _outcome(directory, config, space)
     with ray_session(address):
         check_resources(config.search)
-        settle_study(directory, config)  # orphans of the lost driver: FAIL, never RUNNING
         tuner = tune.Tuner.restore(
             storage.uri(RAY_DIR),
             trainable=trainable(config, space, storage),
@@ -159,20 +164,7 @@ def resume(location: str, address: str | None = None) -> Outcome:
             resume_errored=False,
             restart_errored=False,
         )
-        _remove_orphans(tuner, storage)
         return fit(tuner, config, space, directory, storage)
-
-
-def _remove_orphans(tuner: tune.Tuner, storage: Storage) -> None:
-    """Remove the folders of trials the lost driver started after Ray's last snapshot: the
-    restored Ray does not know them (the study has them as FAIL, the ledger not at all), and
-    their checkpoints would only take room."""
-    results = tuner.get_results()
-    known = {Path(results[index].path).name for index in range(len(results))}
-    for name in storage.folders(RAY_DIR, prefix="trial_"):
-        if name not in known:
-            log.info("%s: a trial the lost driver started after Ray's last snapshot; removed", name)
-            storage.delete_folder(f"{RAY_DIR}/{name}")
 
 
 def load_experiment(
@@ -199,6 +191,7 @@ def fit(
 ) -> Outcome:
     if space.touches_dense:
         claims = dense.start_claims(config.name)  # noqa: F841 (alive while the trials run)
+    registry = latency.registry(config.name, storage)  # noqa: F841 (one latency per architecture)
     try:
         tuner.fit()
     finally:
@@ -214,9 +207,19 @@ def _outcome(directory: Path, config: ExperimentConfig, space: Space) -> Outcome
     return Outcome(directory, front, len(ledger.records) >= config.search.num_samples)
 
 
-def _same_search(directory: Path, config: ExperimentConfig) -> bool:
+def _same_search(directory: Path, config: ExperimentConfig, storage: Storage) -> bool:
+    """Whether `directory` holds this very search (then `run` resumes it): the same experiment
+    in the same storage. A search kept at another storage whose driver folder is this one (a URI
+    search's `runs/<name>`, say) is another search, however equal its experiment."""
     if not (directory / EXPERIMENT_FILE).exists():
         return False
+    stored_root = locate(str(directory))[1].root
+    if stored_root != storage.root:
+        raise InputError(
+            f"{directory}: holds the search stored at {stored_root}, not at {storage.root}; "
+            f"`prune-search resume {stored_root}` finishes that one, or give this one another "
+            "--name"
+        )
     stored, _ = load_experiment(directory)
     if stored != config:
         raise InputError(
@@ -258,9 +261,13 @@ def make_dense(
                 "the space changes the dense stage: each distinct one is made once, by a trial"
             )
         return
-    if storage is not None and dense.published(storage, dense.store_key(config)):
-        log.info("dense stage %s: in %s already", dense.store_key(config), storage.root)
-        return
+    # The key is a node's (its data's content, its device's precision): on a cluster, the task's,
+    # which finds the published stage itself (the driver may not even hold the data).
+    if storage is not None and not on_cluster:
+        key = dense.store_key(config)
+        if dense.published(storage, key):
+            log.info("dense stage %s: in %s already", key, storage.root)
+            return
     if not on_cluster:
         dense_map = dense.make(config, storage, str(default_cache()))
     else:
@@ -440,26 +447,6 @@ def make_sampler(search: SearchConfig, known: int) -> optuna.samplers.BaseSample
     return optuna.samplers.RandomSampler(seed=search.seed)
 
 
-def study_storage(directory: Path) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(f"sqlite:///{directory / STUDY_FILE}")
-
-
-def settle_study(directory: Path, config: ExperimentConfig) -> int:
-    """Tell FAIL for every trial of the study still RUNNING (a driver interrupted or lost while
-    they ran); a resumed trial that then completes is added anew. Returns how many it settled."""
-    if not (directory / STUDY_FILE).exists():
-        return 0
-    try:
-        study = optuna.load_study(study_name=config.name, storage=study_storage(directory))
-    except KeyError:
-        return 0
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for trial in running:
-        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    return len(running)
-
-
 class FrontSearch(OptunaSearch):
     """OptunaSearch that tells the study the truth about each trial: COMPLETE only for a finished
     trial with finite objectives, PRUNED for one stopped early (a scheduler's truncated values
@@ -483,7 +470,7 @@ class FrontSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         params: dict[str, Any] | None = super().suggest(trial_id)
         if trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            self._ot_trials[trial_id].set_user_attr(RAY_ID, trial_id)
         return params
 
     def on_trial_complete(
@@ -503,9 +490,7 @@ class FrontSearch(OptunaSearch):
         # The study's entries of this Ray trial, found by the id `suggest` recorded (numbers
         # differ between a lost driver's study and the copy a new driver resumed from).
         entries = [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("ray_trial_id") == trial_id
+            t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(RAY_ID) == trial_id
         ]
         running = [t for t in entries if not t.state.is_finished()]
         if running:

@@ -2,8 +2,10 @@
 
 Only what prune-search writes is recognised, and only that is cleared: a synthetic data set by its
 marker file, an interrupted generation by its temporary folder's name, a dense stage by its folder
-under `dense/`. Anything else (a VOCdevkit put there by hand, say) is listed and left alone, so
-that pointing PRUNE_SEARCH_CACHE at a busy folder and clearing it cannot delete other files.
+under `dense/`, the digests of real data sets' annotations (the dense keys' fingerprints) by the
+folder `fingerprints/`, the latency figures by architecture by the folder `latency/`. Anything
+else (a VOCdevkit put there by hand, say) is listed and left alone, so that pointing
+PRUNE_SEARCH_CACHE at a busy folder and clearing it cannot delete other files.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from typing import Literal
 
 import yaml
 
+from yolov2.data.fingerprint import FINGERPRINT_CACHE
 from yolov2.data.synthetic import MARKER
+from yolov2.errors import InputError
+from yolov2.latency import LATENCY_CACHE, LATENCY_FILE, timings_from_json
 from yolov2.pipeline import DENSE_CACHE, LOCK_FILE, METRICS_FILE
 
-Kind = Literal["synthetic", "dense", "partial", "other"]
-KINDS: tuple[Kind, ...] = ("synthetic", "dense", "partial", "other")
+Kind = Literal["synthetic", "dense", "fingerprints", "latency", "partial", "other"]
+KINDS: tuple[Kind, ...] = ("synthetic", "dense", "fingerprints", "latency", "partial", "other")
 _PARTIAL = re.compile(r"^\..+\.partial-(\d+)-[0-9a-f]+$")  # make_synthetic_voc's, with its pid
 
 
@@ -116,6 +121,11 @@ def _recognise(folder: Path, root: Path) -> CacheEntry | None:
         return _entry("partial", folder, "an interrupted synthetic generation")
     if folder.parent == root / DENSE_CACHE:
         return _entry("dense", folder, _dense_about(folder))
+    if folder == root / FINGERPRINT_CACHE:
+        trees = sum(1 for _ in folder.glob("*.json"))
+        return _entry("fingerprints", folder, f"annotation digests of {trees} VOCdevkit tree(s)")
+    if folder == root / LATENCY_CACHE:
+        return _entry("latency", folder, _latency_about(folder / LATENCY_FILE))
     return None
 
 
@@ -130,6 +140,13 @@ def _synthetic_about(marker: Path) -> str:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return "a synthetic data set (its marker file is unreadable)"
+
+
+def _latency_about(path: Path) -> str:
+    try:
+        return f"latency of {len(timings_from_json(path.read_text(), str(path)))} architecture(s)"
+    except (OSError, InputError):
+        return "latency figures (none readable)"
 
 
 def _dense_about(folder: Path) -> str:

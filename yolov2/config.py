@@ -358,8 +358,9 @@ class ExperimentConfig(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def digest(self, *sections: str) -> str:
-        """A stable hash of what shapes the weights in the named sections (all when none): the key
-        of every cache. Run-time knobs (RUNTIME_KNOBS) are left out."""
+        """A stable hash of what shapes the weights in the named sections (all when none), as the
+        config says it. Run-time knobs (RUNTIME_KNOBS) are left out. The dense cache's key
+        (pipeline.dense_key) adds what no config says: the data's content and the precision."""
         chosen = [getattr(self, name) for name in sections] if sections else [self]
         return shaping_digest(*chosen)
 
@@ -380,7 +381,8 @@ def shaping(section: BaseModel) -> dict[str, Any]:
     skipped = RUNTIME_KNOBS.get(type(section), frozenset())
     if isinstance(section, DataConfig) and section.synthetic is not None:
         # Generated data is known by its recipe, wherever a machine caches it (a cluster's nodes
-        # each keep their own); real data by where it lives.
+        # each keep their own); real data here by where it lives, and in the dense cache's key by
+        # its content (pipeline.dense_key).
         skipped = skipped | {"root"}
     kept: dict[str, Any] = {}
     for name in type(section).model_fields:
@@ -397,8 +399,12 @@ def shaping(section: BaseModel) -> dict[str, Any]:
 
 def shaping_digest(*sections: BaseModel) -> str:
     """A stable 16-hex-digit hash of what shapes the weights in `sections`, in the order given."""
-    chosen = [[type(s).__name__, shaping(s)] for s in sections]
-    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest([[type(s).__name__, shaping(s)] for s in sections])
+
+
+def json_digest(value: Any) -> str:
+    """A stable 16-hex-digit hash of a JSON-ready value: the recipe of every cache key."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_config(

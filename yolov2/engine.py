@@ -81,6 +81,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocasts(train: TrainConfig, device: torch.device) -> bool:
+    """Whether a training step runs in bfloat16 autocast: with `train.amp`, and on CUDA alone (on
+    the CPU training stays float32, whatever `amp` says)."""
+    return train.amp and device.type == "cuda"
+
+
+def train_precision(train: TrainConfig, device: torch.device) -> str:
+    """The arithmetic training really runs in on `device`: "cpu fp32", "cuda fp32" or "cuda bf16".
+    The dense cache key holds it, so a CPU and a CUDA dense model never share a key, and `amp`
+    true or false on the CPU (the same float32 run) makes one key."""
+    return f"{device.type} {'bf16' if autocasts(train, device) else 'fp32'}"
+
+
 class MultiScaleBatchSampler(Sampler[list[tuple[int, int, int]]]):
     """Shuffled batches of (index, input size, augmentation seed), the same for the same epoch, so a
     resumed run continues exactly; the size is redrawn every 10 batches, as darknet's `random=1`
@@ -212,7 +225,7 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over `loader`; returns the mean of every loss term, the last lr and images/s."""
     model.train()
-    use_amp = train.amp and device.type == "cuda"
+    use_amp = autocasts(train, device)
     layout = memory_format(train)
     sums: dict[str, float] = {}
     images = 0

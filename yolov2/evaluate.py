@@ -28,9 +28,54 @@ log = logging.getLogger(__name__)
 Metric = Literal["voc07", "voc12"]
 METRICS: tuple[Metric, ...] = ("voc07", "voc12")
 
-# Exact tenths. py-faster-rcnn's np.arange(0, 1.1, 0.1) holds 0.30000000000000004 (and 0.6 and 0.7
-# a bit high), which would leave a recall of exactly 0.3 out of "recall >= 0.3".
-_VOC07_RECALLS = np.arange(11) / 10
+
+def matlab_colon(a: float, d: float, b: float) -> npt.NDArray[np.float64]:
+    """`a:d:b` exactly as MATLAB builds it, bit for bit (MathWorks' COLONOP algorithm).
+
+    MATLAB does not add `d` repeatedly, nor compute every element as `a + k*d`. It takes the
+    number of intervals n = round((b - a) / d), one less when a + n*d overshoots b by more than
+    tol = 2*eps*max(|a|, |b|) (for an integer `a` and an integer `d` it counts them exactly), and
+    the right end c = a + n*d, snapped to b when within tol of it. Then, for k = 0 .. floor(n/2),
+    element k is a + k*d and element n - k is c - k*d: the first half counts up from a, the second
+    half down from the end (element j is b - (n - j)*d when c is b), so that the range is
+    symmetric about its middle; when n is even the middle element is (a + c) / 2.
+
+    For the VOC devkit's `0:0.1:1` this gives 0.30000000000000004 for 0.3 (3 * 0.1, first half),
+    but 0.6 and 0.7 exact (1 - 4*0.1 and 1 - 3*0.1, second half), where np.arange(0, 1.1, 0.1)
+    gives 0.6000000000000001 and 0.7000000000000001. Empty when `d` points away from `b`.
+    """
+    if not all(math.isfinite(v) for v in (a, d, b)):
+        raise ValueError(f"matlab_colon: {a}:{d}:{b} is not finite")
+    if d == 0 or (a < b and d < 0) or (b < a and d > 0):
+        return np.empty(0)
+    tol = 2.0 * np.finfo(np.float64).eps * max(abs(a), abs(b))
+    sign = math.copysign(1.0, d)
+    if a == math.floor(a) and d == 1:
+        n = math.floor(b) - int(a)
+    elif a == math.floor(a) and d == math.floor(d):
+        q = math.floor(a / d)
+        n = math.floor((b - (a - q * d)) / d) - q
+    else:
+        n = round((b - a) / d)
+        if sign * (a + n * d - b) > tol:
+            n -= 1
+    c = a + n * d
+    if sign * (c - b) > -tol:
+        c = b
+    out = np.empty(n + 1)
+    for k in range(n // 2 + 1):
+        out[k] = a + k * d
+        out[n - k] = c - k * d
+    if n % 2 == 0:
+        out[n // 2] = (a + c) / 2
+    return out
+
+
+# The devkit's `for t=0:0.1:1` (VOCevaldet.m), as MATLAB evaluates it: t(4) is 0.30000000000000004,
+# so a recall of exactly 0.3 (npos a multiple of 10) falls short of "rec >= t" there, while t(7) and
+# t(8) are exactly 0.6 and 0.7. Exact tenths would differ from it at 0.3; py-faster-rcnn's
+# np.arange(0, 1.1, 0.1) at 0.6 and 0.7 (0.6000000000000001, 0.7000000000000001).
+_VOC07_RECALLS = matlab_colon(0.0, 0.1, 1.0)
 
 
 class GroundTruth(Protocol):
@@ -138,7 +183,8 @@ def voc_ap(
 ) -> float:
     """AP of one class from its cumulative recall and precision, in ranked order.
 
-    voc07: the mean over t = 0, 0.1, ..., 1 of the best precision at recall >= t (0 where none).
+    voc07: the mean over the devkit's t = 0:0.1:1 (MATLAB's colon operator: `matlab_colon`) of the
+    best precision at recall >= t (0 where none).
     voc12 (VOC2010 and later): the area under the precision envelope (precision made monotone from
     the right), with the devkit's sentinels (recall 0 and 1, precision 0) at both ends.
     """

@@ -21,7 +21,7 @@ class Profile:
     sparsity: float  # fraction of parameters that are exactly zero
     gflops: float  # forward pass at `input_size`, batch 1 (2 FLOPs per multiply-add, as darknet)
     size_mb: float  # bytes of the checkpoint file / 1e6
-    latency_ms: float  # median batch-1 forward on `device`
+    latency_ms: float  # median batch-1 forward on `device`, or the architecture's (yolov2.latency)
     input_size: tuple[int, int]
     device: str
 
@@ -72,8 +72,10 @@ def profile(
     input_size: tuple[int, int] | None = None,
     *,
     repeats: int = 20,
+    latency: float | None = None,
 ) -> Profile:
-    """Every cost metric of design.md for `model`, whose checkpoint file is `checkpoint`."""
+    """Every cost metric of design.md for `model`, whose checkpoint file is `checkpoint`; its
+    latency timed here and now unless `latency` (ms) is given (the pipeline's, yolov2.latency)."""
     model = model.eval()
     size = input_size or model.arch.input_size
     params, nonzero = count_params(model)
@@ -83,7 +85,7 @@ def profile(
         sparsity=1.0 - nonzero / params,
         gflops=gflops(model, size),
         size_mb=os.path.getsize(checkpoint) / 1e6,
-        latency_ms=latency_ms(model, size, repeats=repeats),
+        latency_ms=latency_ms(model, size, repeats=repeats) if latency is None else latency,
         input_size=size,
         device=str(next(model.parameters()).device),
     )

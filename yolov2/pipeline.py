@@ -1,8 +1,9 @@
 """train → prune → finetune → measure: the one pipeline behind `prune-search pipeline` and every trial.
 
 Free of Ray: the search passes a `report` callback that forwards each epoch to Ray Tune, the command
-line passes one that logs. The dense stage is cached by the hash of the config sections that make it,
-so reruns and the trials of a search that leave those sections alone train it once.
+line passes one that logs. The dense stage is cached by a key of what makes it (`dense_key`: the
+config sections that shape it, what the data is, the precision it trains in), so reruns and the
+trials of a search that leave those alone train it once.
 """
 
 from __future__ import annotations
@@ -27,13 +28,27 @@ from yolov2.config import (
     ExperimentConfig,
     ModelConfig,
     PruneConfig,
+    TrainConfig,
     config_from_record,
+    json_digest,
+    shaping,
     write_resolved,
 )
 from yolov2.darknet import load_darknet_weights, parse_cfg
-from yolov2.engine import Report, Splits, eval_loader, evaluate, fit, load_splits, resolve_device
+from yolov2.data.fingerprint import voc_fingerprint
+from yolov2.engine import (
+    Report,
+    Splits,
+    eval_loader,
+    evaluate,
+    fit,
+    load_splits,
+    resolve_device,
+    train_precision,
+)
 from yolov2.errors import InputError
 from yolov2.files import write_text_atomic
+from yolov2.latency import MeasureLatency, at_input_size, local_latency
 from yolov2.measure import count_params, profile
 from yolov2.model import Architecture, YOLOv2, build_model, yolov2_tiny_voc, yolov2_voc
 from yolov2.prune import WeightMasks, expand_ratios, prune_filters, prune_weights, pruned_widths
@@ -57,7 +72,8 @@ METRIC_NAMES = (
 )
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "model.safetensors"  # a run's model, beside its metrics
-DENSE_CACHE = "dense"  # the cache's folder of dense stages, one folder per digest
+DENSE_CACHE = "dense"  # the cache's folder of dense stages, one folder per key (dense_key)
+CPU_PRECISION = "cpu fp32"  # engine.train_precision on the CPU, whatever train.amp says
 LOCK_FILE = ".lock"  # held while a dense stage is trained into its folder
 
 
@@ -161,9 +177,45 @@ def train_dense(
     )
 
 
+def dense_key(config: ExperimentConfig, data: str | None, precision: str) -> str:
+    """The dense stage's cache key: a pure function of what makes the dense model (and the test
+    map and sensitivity tables kept beside it). That is the shaping fields of DENSE_SECTIONS
+    (run-time knobs left out), what the data is (`data`: a real VOCdevkit's content fingerprint,
+    in place of its path; None for generated data, known by its recipe) and the arithmetic the
+    training runs in (`precision`, from engine.train_precision). `train.amp` counts through the
+    precision alone, so on the CPU amp true and false share a key; the CPU's float32 adds nothing
+    to the key, so generated data trained on the CPU keeps the key it had before the data's content
+    and the precision were keyed (and its cached dense model)."""
+    amp_default: bool = TrainConfig.model_fields["amp"].default
+    as_ran = config.model_copy(
+        update={"train": config.train.model_copy(update={"amp": amp_default})}
+    )
+    chosen: list[Any] = [
+        [type(s).__name__, shaping(s)] for s in (getattr(as_ran, n) for n in DENSE_SECTIONS)
+    ]
+    if data is not None:
+        chosen[DENSE_SECTIONS.index("data")][1]["root"] = data  # what the tree is, not where
+    if precision != CPU_PRECISION:
+        chosen.append(["precision", precision])
+    return json_digest(chosen)
+
+
+def dense_key_here(config: ExperimentConfig) -> str:
+    """`dense_key` of `config` on this machine: its data's content as read here (the annotations'
+    digests kept in the cache), and the precision of the device `train.device` resolves to here
+    ('auto' is CUDA on a machine with a GPU)."""
+    data = config.data
+    content = None
+    if data.synthetic is None:
+        sets = [*data.train_sets, *data.test_sets]
+        content = voc_fingerprint(data.root, sets, config.cache_dir)
+    device = resolve_device(config.train.device)
+    return dense_key(config, content, train_precision(config.train, device))
+
+
 def dense_folder(config: ExperimentConfig) -> Path:
-    """The cache's folder of the experiment's dense stage (one per digest of its dense sections)."""
-    return config.cache_dir / DENSE_CACHE / config.digest(*DENSE_SECTIONS)
+    """The cache's folder of the experiment's dense stage on this machine (`dense_key_here`)."""
+    return config.cache_dir / DENSE_CACHE / dense_key_here(config)
 
 
 def cached_dense(config: ExperimentConfig, splits: Splits, report: Report | None = None) -> Stage:
@@ -223,14 +275,20 @@ class PipelineResult:
 
 
 def run(
-    config: ExperimentConfig, out_dir: str | os.PathLike[str], report: Report | None = None
+    config: ExperimentConfig,
+    out_dir: str | os.PathLike[str],
+    report: Report | None = None,
+    latency: MeasureLatency | None = None,
 ) -> PipelineResult:
     """dense → prune (one shot or in rounds) → finetune → measure; metrics.json beside the checkpoint.
 
     `report` gets every finetune epoch's metrics together with the pruned model's costs (size_mb,
-    gflops, ...), which finetuning does not change, so a search sees both objectives every epoch.
+    gflops, latency_ms, ...), which finetuning does not change, so a search sees both objectives
+    every epoch. `latency` gives an architecture's latency_ms (yolov2.latency): by default timed
+    here and cached in the experiment's cache; a search passes its own, shared by its trials.
     """
     out = Path(out_dir)
+    latency = latency or local_latency(config.cache_dir, config.search.cpus_per_trial)
     splits = load_splits(config.data)
     # A conflicting darknet cfg or a wrong ratio count fails before the dense model trains.
     arch = dense_architecture(config, len(splits.classes))
@@ -240,11 +298,11 @@ def run(
     # 1. dense
     dense = cached_dense(config, splits)
     # 2. prune and 3. finetune
-    model, evaluation = prune_and_finetune(dense, config, splits, out, report)
+    model, evaluation = prune_and_finetune(dense, config, splits, out, report, latency=latency)
     # 4. measure
     checkpoint = save_pruned(model, out / CHECKPOINT_FILE, config, splits.classes)
     metrics = {
-        **measure(model, checkpoint, config, dense.model),
+        **measure(model, checkpoint, config, dense.model, latency),
         **_maps(evaluation),
         "dense_map": dense.map,
         "pruned_map": float(evaluation["pruned_map"]),
@@ -255,7 +313,13 @@ def run(
 
 
 def prune_and_finetune(
-    dense: Stage, config: ExperimentConfig, splits: Splits, out: Path, report: Report | None
+    dense: Stage,
+    config: ExperimentConfig,
+    splits: Splits,
+    out: Path,
+    report: Report | None,
+    *,
+    latency: MeasureLatency | None = None,
 ) -> tuple[YOLOv2, dict[str, Any]]:
     """`prune.iterations` rounds of prune + finetune; the last finetune is the one reported.
 
@@ -288,6 +352,7 @@ def prune_and_finetune(
                 dense=dense.model,
                 splits=splits,
                 pruned_map=pruned_map,
+                latency=latency,
             )
             if last
             else None,
@@ -307,15 +372,17 @@ def _with_costs(
     dense: YOLOv2,
     splits: Splits,
     pruned_map: float,
+    latency: MeasureLatency | None = None,
 ) -> Report | None:
     """`report` with the pruned model's costs added to every epoch, measured once before finetuning
-    (which keeps the architecture and the zeros, so the costs hold for every epoch), and `map` the
-    latest evaluated one (after pruning, until the finetune first evaluates)."""
+    (which keeps the architecture and the zeros, so the costs hold for every epoch: latency_ms is
+    the architecture's, the figure the final report gives too), and `map` the latest evaluated one
+    (after pruning, until the finetune first evaluates)."""
     if report is None:
         return None
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = save_pruned(model, Path(scratch) / CHECKPOINT_FILE, config, splits.classes)
-        costs = measure(model, checkpoint, config, dense)
+        costs = measure(model, checkpoint, config, dense, latency)
     forward = report  # the narrowed type, for the closure
     latest = {"map": pruned_map, "pruned_map": pruned_map}
 
@@ -343,16 +410,24 @@ def _maps(evaluation: dict[str, Any]) -> dict[str, float]:
 
 
 def measure(
-    model: YOLOv2, checkpoint: Path, config: ExperimentConfig, dense: YOLOv2
+    model: YOLOv2,
+    checkpoint: Path,
+    config: ExperimentConfig,
+    dense: YOLOv2,
+    latency: MeasureLatency | None = None,
 ) -> dict[str, Any]:
     """4. measure: every cost metric of design.md, with the names Ray, CSV and TensorBoard share.
 
     `sparsity` is 1 - nonzero params / the dense model's params, so weight- and filter-pruned models
     share one axis (a filter-pruned model has few zeros, but far fewer params than the dense one).
+    `latency_ms` is the architecture's at the input size (`latency`, or timed here and cached in the
+    experiment's cache), the same figure for every model of that architecture on this device kind.
     """
     device = resolve_device(config.train.device)
     size = (config.data.input_size, config.data.input_size)
-    cost = profile(model.to(device), checkpoint, size)
+    latency = latency or local_latency(config.cache_dir, config.search.cpus_per_trial)
+    figure = latency(at_input_size(model.arch, size), device)
+    cost = profile(model.to(device), checkpoint, size, latency=figure)
     dense_params, _ = count_params(dense)
     return {
         "size_mb": cost.size_mb,

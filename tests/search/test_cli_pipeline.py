@@ -118,10 +118,13 @@ def test_compare_writes_the_three_figures(trained: dict[str, Path], tmp_path: Pa
         _run(["compare", str(trained["dense"]), str(trained["pruned"]), "--out", str(tmp_path)])
         == 0
     )
-    names = {p.name for p in tmp_path.iterdir()}
-    assert "boxes.png" in names
-    assert "layers.png" in names
-    assert any(name.startswith("weights_") for name in names)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    weights = [name for name in names if re.fullmatch(r"weights_\d+\.png", name)]
+    assert len(weights) == 1
+    assert names == sorted(["boxes.png", "layers.png", *weights])
+    assert 0 <= int(weights[0][len("weights_") : -len(".png")]) < 22  # a prunable convolution
+    for name in names:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_prune_then_export_to_onnx(trained: dict[str, Path], tmp_path: Path) -> None:

@@ -5,9 +5,7 @@ end), while a model that really scores 0 stays COMPLETE at 0."""
 from __future__ import annotations
 
 import math
-import os
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -69,14 +67,13 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         storage=study_storage(directory),
         search_storage=str(directory),
     )
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(
-        address="local", num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False
-    )
+    ray.init(address="local", num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False)
     try:
         tune.Tuner(
             reporting_trial,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=3, max_concurrent_trials=1),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=3, max_concurrent_trials=1
+            ),
             run_config=tune.RunConfig(
                 name="ray",
                 storage_path=str(directory),

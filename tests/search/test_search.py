@@ -7,7 +7,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,29 @@ def _table(directory: Path) -> pd.DataFrame:
     return pd.read_csv(directory / "trials.csv")
 
 
+def _front_by_hand(table: pd.DataFrame, cost: str) -> list[bool]:
+    """Which rows no other row dominates (map at least as high and cost at most as high, one
+    of them strictly)."""
+    return [
+        not any(
+            (o["map"] >= r["map"] and o[cost] <= r[cost])
+            and (o["map"] > r["map"] or o[cost] < r[cost])
+            for _, o in table.iterrows()
+        )
+        for _, r in table.iterrows()
+    ]
+
+
+def _final_reports(directory: Path) -> dict[str, dict[str, Any]]:
+    """Each trial's last report to Ray (its result.json's last line), by trial id."""
+    return {
+        trial.name.removeprefix("trial_"): json.loads(
+            (trial / "result.json").read_text().splitlines()[-1]
+        )
+        for trial in directory.glob("ray/trial_*")
+    }
+
+
 def test_the_trials_csv_has_every_column_and_the_front_computed_by_hand(
     searched: dict[str, Any],
 ) -> None:
@@ -74,19 +99,18 @@ def test_the_trials_csv_has_every_column_and_the_front_computed_by_hand(
     assert len(table) == NUM_SAMPLES
     assert set(table["state"]) == {"COMPLETE"}
     assert table["trial_id"].is_unique
+    # Each row holds what its trial reported last, exactly: the finished report's metrics.
+    reports = _final_reports(searched["dir"])
+    assert sorted(reports) == sorted(table["trial_id"])
+    for _, row in table.iterrows():
+        final = reports[row["trial_id"]]
+        assert final["finished"]
+        for metric in ("map", "size_mb", "gflops", "sparsity"):
+            assert row[metric] == pytest.approx(final[metric], rel=1e-12, abs=1e-15), metric
     # distinct, real maps: a front where every map is 0 would test nothing
-    assert table["map"].min() >= 0
     assert table["map"].nunique() >= 4
     assert table["map"].max() > 0.5
-    expected = [
-        not any(
-            (o["map"] >= r["map"] and o["size_mb"] <= r["size_mb"])
-            and (o["map"] > r["map"] or o["size_mb"] < r["size_mb"])
-            for _, o in table.iterrows()
-        )
-        for _, r in table.iterrows()
-    ]
-    assert table["pareto"].tolist() == expected
+    assert table["pareto"].tolist() == _front_by_hand(table, "size_mb")
     # the known points come first: the dense model (ratios 0) and a uniform 0.3
     dense = table[table["dense"]]
     assert len(dense) == 1
@@ -94,8 +118,11 @@ def test_the_trials_csv_has_every_column_and_the_front_computed_by_hand(
     assert dense["sparsity"].abs().max() < 1e-3
     assert (table["sparsity"][~table["dense"]] > 0).all()
     assert (table["dense_map"] == dense["map"].iloc[0]).all()
-    assert set(table["node"])
+    # One local Ray node ran every trial: this host and the node's id, on no GPU.
+    (node,) = set(table["node"])
+    assert re.fullmatch(rf"{re.escape(socket.gethostname())}:[0-9a-f]{{8}}", node), node
     assert set(table["device"]) == {"cpu"}
+    assert table["gpu_ids"].isna().all()  # an empty field: Ray gave the trials no GPU
 
 
 def test_the_study_in_sqlite_holds_every_trial_once_with_the_reported_values(
@@ -129,7 +156,17 @@ def test_tensorboard_shows_hparams_with_equal_columns_the_front_and_the_hypervol
     front = _events(views / "front")
     volume = front.Scalars("pareto/hypervolume")
     assert [e.step for e in volume] == list(range(1, NUM_SAMPLES + 1))
-    assert volume[-1].value > 0
+    # The last one is the whole front's by hand: the area it dominates up to the dense model's
+    # size (the reference), each point's map times the cost up to the next point.
+    table = _table(searched["dir"])
+    points = table[_front_by_hand(table, "size_mb")].sort_values("size_mb")
+    reference = float(table.loc[table["dense"], "size_mb"].iloc[0])
+    ends = [*points["size_mb"].iloc[1:], reference]
+    area = sum(
+        (end - c) * m for c, m, end in zip(points["size_mb"], points["map"], ends, strict=True)
+    )
+    assert area > 0
+    assert volume[-1].value == pytest.approx(area, rel=1e-6)  # a float32 scalar
     assert all(b.value >= a.value - 1e-12 for a, b in itertools.pairwise(volume))  # never shrinks
     assert len(front.Images("pareto/front")) == NUM_SAMPLES
     columns = []
@@ -158,8 +195,8 @@ def test_pareto_writes_the_csv_and_the_plot(searched: dict[str, Any], tmp_path: 
     assert code == 0
     assert "Pareto front of map against gflops" in out
     table = pd.read_csv(tmp_path / "t.csv")
-    assert len(table) == NUM_SAMPLES
-    assert table["pareto"].any()
+    assert sorted(table["trial_id"]) == sorted(_table(searched["dir"])["trial_id"])
+    assert table["pareto"].tolist() == _front_by_hand(table, "gflops")  # the --cost given
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -288,8 +325,9 @@ def test_resources_no_node_has_are_one_line_not_a_search_that_waits(
         ["run", str(SMOKE), "--storage", str(tmp_path), *set_arguments(smoke_overrides(smoke_cache, override))]
     )  # fmt: skip
     assert code == 2
-    assert problem in err
-    assert len(err.strip().splitlines()) == 1 or "error:" in err.strip().splitlines()[-1]
+    last = err.strip().splitlines()[-1]  # Ray may log before it; the error is one line, the last
+    assert last.startswith("prune-search run: error: ")
+    assert problem in last
     assert not (tmp_path / "smoke").exists()  # nothing half-written
 
 
@@ -373,7 +411,7 @@ def test_refine_finetunes_the_front_longer_beside_it_and_best_picks_from_either(
     assert {r["metrics"].get("refine_epochs") for r in ledger if r["trial_id"] in pruned.index} == {
         6
     }
-    assert (directory / "refined.png").stat().st_size > 0
+    assert (directory / "refined.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((directory / "tensorboard" / "refined" / "front").glob("events.*"))
     assert "map searched -> refined" in out
     assert "--front refined" in out

@@ -373,7 +373,8 @@ def test_the_finetune_loss_is_the_trials_loss_whatever_the_key_order(
 ) -> None:
     space_text = "search:\n  space:\n    prune.ratios: {groups: uniform, low: 0.0, high: 0.6}\n"
     config, source = _config(tmp_path, space_text + keys)
-    assert config.finetune_loss is None and config.loss.object_scale == 5.0
+    assert config.finetune_loss is None
+    assert config.loss.object_scale == 5.0
     space = build_space(config, source)
     params = {"ratio": 0.3, "finetune_loss.coord_scale": 1.5, "loss.object_scale": 9.0}
     trial = space.apply(config, params)
@@ -394,7 +395,9 @@ def test_a_known_point_outside_the_searched_range_is_one_line(
     tmp_path: Path, override: str, problem: str
 ) -> None:
     low = 0.2 if "0.1]" in override else 0.0
-    space_text = f"search:\n  space:\n    prune.ratios: {{groups: uniform, low: {low}, high: 0.6}}\n"
+    space_text = (
+        f"search:\n  space:\n    prune.ratios: {{groups: uniform, low: {low}, high: 0.6}}\n"
+    )
     config, source = _config(tmp_path, space_text, override)
     with pytest.raises(InputError) as caught:
         build_space(config, source)

@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.yolov2.conftest import WriteVocTree
 from yolov2.cache import cache_contents, clear_cache
-from yolov2.data import make_synthetic_voc
+from yolov2.data import make_synthetic_voc, voc_fingerprint
 
 
 def _dense(cache: Path, digest: str, name: str | None, maps: tuple[float, float] | None) -> Path:
@@ -94,3 +95,19 @@ def test_clear_leaves_what_a_running_process_writes(tmp_path: Path) -> None:
     assert training.is_dir()
     assert generating.is_dir()
     assert [e.kind for e in clear_cache(cache)] == ["dense"]  # unlocked now; the pid still runs
+
+
+def test_the_data_fingerprints_are_listed_and_cleared(
+    tmp_path: Path, write_voc_tree: WriteVocTree
+) -> None:
+    cache = tmp_path / "cache"
+    root = write_voc_tree(tmp_path / "VOCdevkit", "2007", "trainval", [{"id": "000001"}])
+    for path in root.rglob("*"):  # a data set written long ago: its digests are kept
+        os.utime(path, ns=(0, path.stat().st_mtime_ns - 3600 * 10**9))
+    voc_fingerprint(root, [("2007", "trainval")], cache)
+    (entry,) = cache_contents(cache)
+    assert (entry.kind, entry.path, entry.files) == ("fingerprints", cache / "fingerprints", 1)
+    assert entry.about == "annotation digests of 1 VOCdevkit tree(s)"
+    assert clear_cache(cache) == [entry]
+    assert not cache.exists()
+    assert root.is_dir()  # the data itself is not the cache's

@@ -120,7 +120,9 @@ def test_each_sample_gets_its_own_augmentation_seed_from_seed_epoch_and_index() 
     sampler.set_epoch(1)
     second = {i: seed for batch in sampler for i, _, seed in batch}
     assert all(second[i] != first[i] for i in range(40))
-    assert sample_seed(3, 0, 5) == sample_seed(3, 0, 5) != sample_seed(4, 0, 5)
+    # Pinned: the seed every dense model of the cache was trained with, in every process.
+    assert sample_seed(3, 0, 5) == 695095115207817684
+    assert sample_seed(4, 0, 5) != sample_seed(3, 0, 5) != sample_seed(3, 1, 5)
     assert 0 <= sample_seed(2**40, 10**6, 10**7) < 2**63
 
 

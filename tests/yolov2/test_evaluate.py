@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from yolov2.errors import InputError
@@ -19,6 +20,7 @@ from yolov2.evaluate import (
     GroundTruth,
     VOCEvaluator,
     evaluate_detections,
+    matlab_colon,
     mean_ap,
     precision_recall,
     read_results,
@@ -79,8 +81,9 @@ def dets(*rows: tuple[str, int, float, Sequence[float]]) -> Detections:
         ([0, 1], [1, 0], 1, 0.5, 0.5),
         # TP FP FP TP TP of 4: rec .25 .25 .25 .5 .75, prec 1 .5 1/3 .5 .6.
         ([1, 0, 0, 1, 1], [0, 1, 1, 0, 0], 4, (3 * 1 + 5 * 0.6) / 11, 0.25 + 0.25 * 0.6 * 2),
-        # Three TPs of 10: recall reaches exactly 0.3, which the t = 0.3 threshold must include.
-        ([1, 1, 1], [0, 0, 0], 10, 4 / 11, 0.3),
+        # Three TPs of 10: recall reaches exactly 0.3, short of the devkit's t(4) =
+        # 0.30000000000000004, so only t = 0, 0.1, 0.2 see precision 1.
+        ([1, 1, 1], [0, 0, 0], 10, 3 / 11, 0.3),
         # No detections.
         ([], [], 3, 0.0, 0.0),
         # Only FPs.
@@ -96,6 +99,76 @@ def test_voc_ap_hand_computed(
     precision = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
     assert voc_ap(recall, precision, "voc07") == pytest.approx(voc07, abs=1e-15)
     assert voc_ap(recall, precision, "voc12") == pytest.approx(voc12, abs=1e-15)
+
+
+def test_the_devkit_thresholds_are_matlabs_0_to_1_by_tenths() -> None:
+    thresholds = matlab_colon(0.0, 0.1, 1.0)
+    assert thresholds.tolist() == [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8,
+                                   0.9, 1.0]  # fmt: skip
+    assert thresholds[3] == 0.30000000000000004  # 3 * 0.1, counted up from 0
+    assert thresholds[3] > 3 / 10  # so a recall of exactly 3/10 does not reach it
+    assert (thresholds[6], thresholds[7]) == (0.6, 0.7)  # 1 - 4 * 0.1, 1 - 3 * 0.1: exact
+    arange = np.arange(0.0, 1.1, 0.1)  # py-faster-rcnn's voc_eval.py
+    assert np.flatnonzero(thresholds != arange).tolist() == [6, 7]
+    assert (arange[6], arange[7]) == (0.6000000000000001, 0.7000000000000001)
+    assert np.flatnonzero(thresholds != np.arange(11) / 10).tolist() == [3]  # exact tenths
+
+
+def test_matlab_colon_as_mathworks_documents_it() -> None:
+    """The two examples of MathWorks' COLONOP: the nine doubles nearest 1 + (-4:4)*eps/4, and
+    -1:0.01:1, symmetric about an exact 0 though 0.01 is not a double."""
+    eps = float(np.finfo(np.float64).eps)
+    near_one = matlab_colon(1 - eps, eps / 4, 1 + eps)
+    assert near_one.tolist() == [1 - eps, 1 - eps, 1 - eps / 2, 1, 1, 1, 1, 1 + eps, 1 + eps]
+    hundredths = matlab_colon(-1.0, 0.01, 1.0)
+    assert len(hundredths) == 201
+    assert hundredths[100] == 0.0
+    assert np.array_equal(hundredths, -hundredths[::-1])
+    assert matlab_colon(1.0, 3.0, 10.0).tolist() == [1.0, 4.0, 7.0, 10.0]
+    assert matlab_colon(1.0, -0.5, 0.0).tolist() == [1.0, 0.5, 0.0]
+    assert matlab_colon(5.0, 1.0, 1.0).size == 0  # counting up towards a smaller end: empty
+
+
+def _eleven_point(
+    recall: npt.NDArray[np.float64], precision: npt.NDArray[np.float64], thresholds: Sequence[float]
+) -> float:
+    """The 11-point mean at other thresholds: what exact tenths or np.arange would give."""
+    return sum(float(precision[recall >= t].max(initial=0.0)) for t in thresholds) / 11
+
+
+PR_AT_A_TENTH = {  # name: (TP/FP ranking, npos, devkit AP, exact tenths' AP, np.arange's AP)
+    # recall .1 .2 .3 .3 .3 .4, precision 1 1 1 .75 .6 2/3: the step lies at recall exactly 0.3.
+    # The devkit's t = 0.30000000000000004 sees only recall .4 (2/3); exact tenths see 1.
+    "recall 0.3, npos 10": ("TTTFFT", 10, (3 + 2 * 2 / 3) / 11, (4 + 2 / 3) / 11, (3 + 2 * 2 / 3) / 11),
+    # VOC 2007 test's pottedplant has npos 480: 144 TPs reach 144/480 = 0.3 exactly, 16 FPs,
+    # then 48 TPs reach 0.4 at precision 192/208 = 12/13.
+    "recall 0.3, npos 480": ("T" * 144 + "F" * 16 + "T" * 48, 480, (3 + 2 * 12 / 13) / 11,
+                             (4 + 12 / 13) / 11, (3 + 2 * 12 / 13) / 11),
+    # recall .6 at precision 1, then .7 at 7/8, then .8 at 8/11. The devkit's 0.6 and 0.7 are
+    # exact and see 1 and 7/8; np.arange's 0.6000000000000001 and 0.7000000000000001 see 7/8, 8/11.
+    "recall 0.6 and 0.7, npos 10": ("TTTTTTFTFFT", 10, (7 + 7 / 8 + 8 / 11) / 11,
+                                    (7 + 7 / 8 + 8 / 11) / 11, (6 + 7 / 8 + 2 * 8 / 11) / 11),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ranking", "npos", "devkit", "tenths", "arange"), PR_AT_A_TENTH.values(), ids=PR_AT_A_TENTH
+)
+def test_voc07_ap_at_a_recall_of_exactly_a_tenth_is_the_devkits(
+    ranking: str, npos: int, devkit: float, tenths: float, arange: float
+) -> None:
+    tp = np.cumsum([c == "T" for c in ranking], dtype=np.float64)
+    fp = np.cumsum([c == "F" for c in ranking], dtype=np.float64)
+    recall, precision = tp / npos, tp / (tp + fp)
+    assert voc_ap(recall, precision, "voc07") == pytest.approx(devkit, abs=1e-15)
+    assert _eleven_point(recall, precision, bench.DEVKIT_RECALLS) == pytest.approx(
+        devkit, abs=1e-15
+    )
+    # The same curve at the thresholds others use: not the devkit's number.
+    assert _eleven_point(recall, precision, np.arange(11) / 10) == pytest.approx(tenths, abs=1e-15)
+    assert _eleven_point(recall, precision, np.arange(0.0, 1.1, 0.1)) == pytest.approx(
+        arange, abs=1e-15
+    )
 
 
 def test_voc_ap_rejects_unknown_metric() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,7 @@ import torch
 
 from yolov2.checkpoint import save_checkpoint
 from yolov2.config import load_config
-from yolov2.measure import Profile, count_params, gflops, latency_ms, profile
+from yolov2.measure import count_params, gflops, latency_ms, profile
 from yolov2.model import Architecture, Conv, MaxPool, YOLOv2, build_model, yolov2_voc
 from yolov2.pipeline import architecture
 from yolov2.prune import pruned_widths
@@ -86,10 +86,16 @@ def test_gflops_ignore_weight_sparsity_and_scale_with_area() -> None:
     assert gflops(small, (64, 64)) == dense
 
 
-def test_latency_is_a_positive_median() -> None:
-    value = latency_ms(_ones(SMALL), (64, 64), warmup=1, repeats=5)
-    assert 0 < value < 1000
-    assert math.isfinite(value)
+def test_latency_is_the_median_of_the_timed_forwards_in_ms() -> None:
+    """Forwards made to last known times: the warm-up ones are left out, one slow forward does
+    not move the median, and the unit is the millisecond."""
+    model = _ones(SMALL)
+    sleeps_s = iter([0.15, 0.15, 0.02, 0.02, 0.3, 0.02, 0.02])  # 2 warm-up, then 5 timed
+    model.register_forward_hook(lambda *_: time.sleep(next(sleeps_s)))
+    value = latency_ms(model, (64, 64), warmup=2, repeats=5)
+    # 20 ms plus the tiny forward itself; the mean would be 76 ms, a warm-up 150, seconds 0.02
+    assert 20 <= value < 60
+    assert next(sleeps_s, None) is None  # exactly warmup + repeats forwards
 
 
 def test_profile_fields(tmp_path: Path) -> None:
@@ -99,7 +105,6 @@ def test_profile_fields(tmp_path: Path) -> None:
         model.conv_blocks()[1].conv.weight.view(-1)[:576] = 0.0  # half of conv 1
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     result = profile(model, path, repeats=3)
-    assert isinstance(result, Profile)
     assert result.params == SMALL_PARAMS
     # Zeros: the 576 above, BN's beta (8 + 16, initialised to 0) and the head's biases but the
     # objectness one (5 of 6).

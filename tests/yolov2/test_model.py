@@ -125,18 +125,19 @@ def test_invalid_architectures_are_refused(changes: dict[str, Any], message: str
 
 
 @pytest.mark.parametrize(
-    "call",
+    ("call", "message"),
     [
-        lambda: yolov2_voc(input_size=(416, 400)),
-        lambda: yolov2_voc().with_widths([8] * 22),
-        lambda: yolov2_voc().with_widths([8] * 22 + [100]),
-        lambda: yolov2_voc().with_widths([8] * 20 + [6, 8, 125]),  # reorg of 6 channels
+        (lambda: yolov2_voc(input_size=(416, 400)), "input size (416, 400) must be positive multiples of 32"),
+        (lambda: yolov2_voc().with_widths([8] * 22), "expected 23 convolution widths, got 22"),
+        (lambda: yolov2_voc().with_widths([8] * 22 + [100]), "head must be a linear conv with 5*(5+20)=125"),
+        (lambda: yolov2_voc().with_widths([8] * 20 + [6, 8, 125]), "layer 27: reorg of 6 channels needs a multiple of 4"),
     ],
     ids=["input-size", "too-few-widths", "head-width", "reorg-width"],
-)
-def test_invalid_builders_raise_input_error(call: Any) -> None:
-    with pytest.raises(InputError):
+)  # fmt: skip
+def test_invalid_builders_raise_input_error(call: Any, message: str) -> None:
+    with pytest.raises(InputError) as error:
         call()
+    assert message in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from tests.yolov2.conftest import WriteVocTree
 from yolov2.checkpoint import checkpoint_metadata, load_checkpoint
-from yolov2.config import ExperimentConfig, load_config
-from yolov2.pipeline import DENSE_SECTIONS, METRIC_NAMES, run
+from yolov2.config import ExperimentConfig, TrainConfig, load_config
+from yolov2.engine import autocasts, train_precision
+from yolov2.errors import InputError
+from yolov2.pipeline import DENSE_SECTIONS, METRIC_NAMES, dense_folder, dense_key, run
 from yolov2.prune import prunable_convs
 
 SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
@@ -42,7 +46,7 @@ def test_filter_pipeline_shrinks_the_model_and_reuses_the_dense_stage(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = run(smoke(tmp_path), tmp_path / "a")
-    dense_dir = tmp_path / "cache" / "dense" / smoke(tmp_path).digest(*DENSE_SECTIONS)
+    dense_dir = dense_folder(smoke(tmp_path))
     dense = load_checkpoint(dense_dir / "model.safetensors")
     pruned = load_checkpoint(first.checkpoint)
 
@@ -175,6 +179,115 @@ def test_another_worker_count_reuses_the_cached_dense_model(
     assert (dense_dir / "model.safetensors").stat().st_mtime_ns == mtime
     run(smoke(tmp_path, *short, "train.lr=0.002"), tmp_path / "c")
     assert len(list((tmp_path / "cache" / "dense").iterdir())) == 2
+
+
+# --- the dense key: what the data is, not where; the precision that really ran -------------------
+
+
+def _voc_tree(root: Path, write_voc_tree: WriteVocTree) -> Path:
+    write_voc_tree(root, "2007", "trainval", [
+        {"id": "000005", "objects": [("dog", 1, 1, 10, 20), ("cat", 30, 5, 64, 48, True)]},
+        {"id": "000007", "objects": [("person", 2, 3, 50, 40)]},
+    ])  # fmt: skip
+    write_voc_tree(root, "2007", "test", [{"id": "000009", "objects": [("cat", 5, 6, 7, 8)]}])
+    return root
+
+
+def _on_voc(tmp_path: Path, root: Path, *overrides: str) -> ExperimentConfig:
+    return smoke(
+        tmp_path, f"data.root={root}", "data.synthetic=null", "data.classes=voc",
+        "data.test_sets=[[2007, test]]", "train.device=cpu", *overrides,
+    )  # fmt: skip
+
+
+def _edit(root: Path, edit: str, tmp_path: Path) -> Path:
+    """Change the tree at `root` as `edit` says; the root the experiment then names."""
+    year = root / "VOC2007"
+    if edit == "an annotation's bytes":
+        xml = year / "Annotations" / "000007.xml"
+        xml.write_text(xml.read_text().replace("<xmax>50</xmax>", "<xmax>49</xmax>"))
+    elif edit == "a test annotation's bytes":
+        xml = year / "Annotations" / "000009.xml"
+        xml.write_text(
+            xml.read_text().replace("<difficult>0</difficult>", "<difficult>1</difficult>")
+        )
+    elif edit == "an image set's list":
+        (year / "ImageSets" / "Main" / "trainval.txt").write_text("000005\n")
+    elif edit == "the tree copied elsewhere":
+        return Path(shutil.copytree(root, tmp_path / "elsewhere" / "VOCdevkit"))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("edit", "overrides", "same"),
+    [
+        ("nothing", [], True),
+        ("the tree copied elsewhere", [], True),
+        ("nothing", ["data.workers=3"], True),
+        ("nothing", ["train.amp=false"], True),  # float32 on the CPU either way
+        ("an annotation's bytes", [], False),
+        ("a test annotation's bytes", [], False),  # the test map is kept with the dense model
+        ("an image set's list", [], False),
+        ("nothing", ["train.lr=0.002"], False),
+    ],
+)
+def test_the_dense_key_is_what_the_data_is_not_where(
+    tmp_path: Path, write_voc_tree: WriteVocTree, edit: str, overrides: list[str], same: bool
+) -> None:
+    root = _voc_tree(tmp_path / "data" / "VOCdevkit", write_voc_tree)
+    before = dense_folder(_on_voc(tmp_path, root))
+    after = dense_folder(_on_voc(tmp_path, _edit(root, edit, tmp_path), *overrides))
+    assert after.parent == before.parent == tmp_path / "cache" / "dense"
+    assert (after == before) is same
+
+
+def test_a_bad_tree_is_one_clear_error_naming_the_file(
+    tmp_path: Path, write_voc_tree: WriteVocTree
+) -> None:
+    root = _voc_tree(tmp_path / "data" / "VOCdevkit", write_voc_tree)
+    with pytest.raises(
+        InputError, match=r"/VOC2007/ImageSets/Main/val\.txt: image set file not found$"
+    ):
+        dense_folder(_on_voc(tmp_path, root, "data.test_sets=[[2007, val]]"))
+    (root / "VOC2007" / "Annotations" / "000007.xml").unlink()
+    with pytest.raises(
+        InputError, match=r"/VOC2007/Annotations/000007\.xml: annotation file not found$"
+    ):
+        dense_folder(_on_voc(tmp_path, root))
+
+
+@pytest.mark.parametrize(
+    ("amp", "device", "precision"),
+    [
+        (True, "cpu", "cpu fp32"),
+        (False, "cpu", "cpu fp32"),
+        (True, "cuda", "cuda bf16"),
+        (False, "cuda", "cuda fp32"),
+    ],
+)
+def test_the_precision_is_what_really_runs(amp: bool, device: str, precision: str) -> None:
+    train = TrainConfig(amp=amp)
+    assert train_precision(train, torch.device(device)) == precision
+    assert autocasts(train, torch.device(device)) is (precision == "cuda bf16")
+
+
+def test_a_cpu_and_a_cuda_dense_model_never_share_a_key(tmp_path: Path) -> None:
+    keys = {}
+    for amp in (True, False):
+        config = smoke(tmp_path, f"train.amp={amp}")
+        for device in ("cpu", "cuda"):
+            precision = train_precision(config.train, torch.device(device))
+            keys[amp, device] = dense_key(config, None, precision)
+    assert keys[True, "cpu"] == keys[False, "cpu"]
+    assert len({keys[True, "cpu"], keys[True, "cuda"], keys[False, "cuda"]}) == 3
+
+
+def test_generated_data_on_the_cpu_keeps_its_key(tmp_path: Path) -> None:
+    """The dense models cached before the data's content and the precision were keyed stay
+    valid: on the CPU, generated data's key is the digest of the dense sections, as it was."""
+    config = smoke(tmp_path, "train.device=cpu")
+    assert dense_folder(config).name == config.digest(*DENSE_SECTIONS)
+    assert not (tmp_path / "cache" / "fingerprints").exists()  # no data read for the key
 
 
 # --- finetuning carries on darknet's `seen` -------------------------------------------------------

@@ -101,6 +101,8 @@ def parse_voc_xml(path: Path, classes: Sequence[str]) -> VOCObjects:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
         raise InputError(f"{path}: annotation file not found") from None
+    except OSError as err:  # a folder of that name, no permission: fingerprint.py says the same
+        raise InputError(f"{path}: cannot read the annotation file ({err.strerror})") from None
     except ET.ParseError as err:
         raise InputError(f"{path}:{err.position[0]}: malformed XML: {err}") from None
     width, height = _parse_size(root, path)
@@ -124,7 +126,23 @@ def parse_voc_xml(path: Path, classes: Sequence[str]) -> VOCObjects:
     )
 
 
+def _devkit_folder(root: Path) -> Path:
+    """`root`, or an InputError when it is not a folder."""
+    if not root.is_dir():
+        raise InputError(f"{root}: VOCdevkit folder not found")
+    return root
+
+
+def _year_folder(root: Path, year: str) -> Path:
+    """`root`/VOC<year>, or an InputError naming it when it is missing."""
+    year_dir = root / f"VOC{year}"
+    if not year_dir.is_dir():
+        raise InputError(f"{year_dir}: VOC{year} folder not found in {root}")
+    return year_dir
+
+
 def _read_image_set(year_dir: Path, image_set: str) -> list[str]:
+    """The image ids of ImageSets/Main/<image_set>.txt, in the file's order."""
     set_file = year_dir / "ImageSets" / "Main" / f"{image_set}.txt"
     if not set_file.is_file():
         raise InputError(f"{set_file}: image set file not found")
@@ -136,15 +154,11 @@ def read_voc(
     root: Path, splits: Sequence[tuple[str, str]], classes: Sequence[str] = VOC_CLASSES
 ) -> list[Annotation]:
     """Read the union of (year, image_set) splits of a VOCdevkit folder, e.g. 07+12 trainval."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: VOCdevkit folder not found")
+    root = _devkit_folder(Path(root))
     annotations: list[Annotation] = []
     seen: set[Path] = set()
     for year, image_set in splits:
-        year_dir = root / f"VOC{year}"
-        if not year_dir.is_dir():
-            raise InputError(f"{year_dir}: VOC{year} folder not found in {root}")
+        year_dir = _year_folder(root, year)
         for image_id in _read_image_set(year_dir, image_set):
             image_path = year_dir / "JPEGImages" / f"{image_id}.jpg"
             if image_path in seen:  # the same image in two of the requested splits counts once

@@ -1,4 +1,4 @@
-"""`yolov2.data` is one package of four modules, and still exports every public name of each."""
+"""`yolov2.data` is one package of five modules, and still exports every public name of each."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 import yolov2.data
 
-MODULES = ("voc", "dataset", "transforms", "synthetic")
+MODULES = ("voc", "dataset", "transforms", "synthetic", "fingerprint")
 
 
 @pytest.mark.parametrize("module", MODULES)
