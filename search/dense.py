@@ -24,6 +24,7 @@ import socket
 import time
 from pathlib import Path
 
+from search.devices import on_ray_device
 from search.storage import Storage
 from yolov2.config import ExperimentConfig, default_cache
 from yolov2.engine import Splits, load_splits
@@ -49,7 +50,9 @@ def store_key(config: ExperimentConfig) -> str:
 
 def on_this_node(config: ExperimentConfig, driver_cache: str) -> ExperimentConfig:
     """`config` with the driver's default cache replaced by this node's default cache (its data
-    and dense models); a `cache_dir` the experiment named stays as it is."""
+    and dense models; a `cache_dir` the experiment named stays as it is), training on the device
+    Ray gave this worker (`devices.on_ray_device`)."""
+    config = on_ray_device(config)
     here = default_cache()
     old = Path(driver_cache)
     if config.cache_dir != old or here == old:

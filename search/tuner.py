@@ -26,6 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search import books, dense, latency, warm_start
 from search.books import RAY_ID, settle_study, study_storage
+from search.devices import check_device
 from search.early_stop import make_scheduler
 from search.pareto import Front, Ledger, pareto_front, trials_table
 from search.reporting import SearchViews, TrialCurves, write_front
@@ -68,6 +69,7 @@ def run(config: ExperimentConfig, source: str, storage: Storage, address: str | 
     driver's folder is `runs/<name>`); the same search again resumes it."""
     directory = storage.driver_folder()
     space = build_space(config, source)  # 1. the space, checked before Ray starts
+    check_device(config, source)
     if _same_search(directory, config, storage):
         log.info("%s holds this search already: resuming it", directory)
         return resume(str(directory), address)

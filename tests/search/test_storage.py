@@ -86,7 +86,9 @@ def test_a_node_uses_its_own_cache_and_the_store_key_of_the_driver(
     assert local.data.root == tmp_path / "node" / "smoke" / "VOCdevkit"
     assert dense.store_key(local) == dense.store_key(config)  # generated data: by its recipe
     named = config.model_copy(update={"cache_dir": tmp_path / "shared"})
-    assert dense.on_this_node(named, str(tmp_path / "driver")) == named  # a cache_dir named: kept
+    placed = dense.on_this_node(named, str(tmp_path / "driver"))
+    assert (placed.cache_dir, placed.data) == (named.cache_dir, named.data)  # named: kept
+    assert (placed.train.device, placed.finetune.device) == ("cpu", "cpu")  # no GPU planned
 
 
 def test_a_published_dense_stage_reaches_a_new_cache_whole(tmp_path: Path) -> None:
