@@ -6,9 +6,13 @@ dense stage reaches a node through the search's storage, `<storage>/<name>/dense
 place every node reaches (Ray requires it of a cluster's storage): the driver makes the
 experiment's own dense stage once, before any trial holds a slot (so nothing can deadlock on it),
 and publishes it there; a trial copies it into its node's cache before it starts. A dense config
-of a trial's own (a space that changes the dense stage) is made by that trial and published for the
-others. Which trial makes a dense config is decided by a small Ray actor (`Claims`), the lock
-across nodes; a trial waiting on another's polls the store.
+of a trial's own (a space that changes the dense stage) is made by that trial, before its finetune,
+and published for the others the moment it exists. Which trial makes a dense config is decided by
+a small Ray actor (`Claims`), the lock across nodes; a trial waiting on another's polls the store
+and says what it waits for. The maker beats a heartbeat into the claim while it trains: a claim
+whose heartbeat stops (its node lost, its process killed, its trial waiting to be retried) is
+taken over by a waiter, and the driver releases the claims of every trial that ends, so a waiter
+never waits on something that cannot happen.
 
 The key is the pipeline's dense key as each node resolves it (`dense_key_here`): generated data is
 known by its recipe and real data by its content (not where a node keeps either), so every node's
@@ -18,12 +22,17 @@ node never takes a CPU node's model for its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from search.actors import on_driver_node
 from search.devices import on_ray_device
 from search.storage import Storage
 from yolov2.config import ExperimentConfig, default_cache
@@ -95,29 +104,43 @@ def fetch(storage: Storage, key: str, config: ExperimentConfig) -> bool:
     return True
 
 
+HEARTBEAT_S = 5.0  # how often the maker of a dense config says it is alive
+STALE_AFTER_S = 30.0  # a claim with no heartbeat for this long is taken over by a waiter
+WAIT_LOG_S = 60.0  # how often a waiter says what it waits for
+
+
 def claims_name(experiment: str) -> str:
     return f"prune-search-dense-{experiment}"
 
 
 class Claims:
     """Which trial makes which dense config (a Ray actor the driver starts when the space changes
-    the dense stage): the first to ask, until the driver releases a trial that failed."""
+    the dense stage): the first to ask, while it beats; then whoever asks after its heartbeat
+    stopped, or after the driver released it (its trial ended). Time is the actor's own clock."""
 
     def __init__(self) -> None:
-        self.owners: dict[str, str] = {}
+        self.owners: dict[str, tuple[str, float]] = {}  # key -> (trial id, last heartbeat)
 
-    def claim(self, key: str, trial_id: str) -> str:
-        return self.owners.setdefault(key, trial_id)
+    def claim(self, key: str, trial_id: str, stale_after_s: float) -> tuple[str, float]:
+        """The owner of `key` (`trial_id` when it was free or stale) and seconds since its beat."""
+        now = time.monotonic()
+        owner, beat = self.owners.get(key, (trial_id, now))
+        if owner != trial_id and now - beat > stale_after_s:
+            owner, beat = trial_id, now  # its maker went quiet: this trial takes it over
+        if owner == trial_id:
+            self.owners[key] = (trial_id, now)
+        return owner, now - beat
+
+    def beat(self, key: str, trial_id: str) -> None:
+        if self.owners.get(key, ("", 0.0))[0] == trial_id:
+            self.owners[key] = (trial_id, time.monotonic())
 
     def release(self, trial_id: str) -> None:
-        self.owners = {k: v for k, v in self.owners.items() if v != trial_id}
+        self.owners = {k: v for k, v in self.owners.items() if v[0] != trial_id}
 
 
 def start_claims(experiment: str) -> object:
-    import ray
-
-    actor = ray.remote(num_cpus=0)(Claims)
-    return actor.options(name=claims_name(experiment), get_if_exists=True).remote()
+    return on_driver_node(Claims, claims_name(experiment))
 
 
 def release(experiment: str, trial_id: str) -> None:
@@ -134,34 +157,55 @@ def for_trial(
     storage: Storage,
     driver_cache: str,
     trial_id: str,
-    poll_s: float = 5.0,
+    poll_s: float = HEARTBEAT_S,
 ) -> ExperimentConfig:
-    """The trial's config on this node, its dense stage in this node's cache when another trial
-    (or the driver) made it. A dense config no one has made is claimed: the first trial to claim
-    it makes it (in `pipeline.run`) and publishes it after; the others wait for the store."""
+    """The trial's config on this node, its dense stage in this node's cache: copied from the
+    store when another trial (or the driver) made it; else claimed, made here and published at
+    once, before the trial's finetune; else (another trial holds the claim) waited for."""
     import ray
 
     local = on_this_node(config, driver_cache)
     key = store_key(local)
+    waited, said = 0.0, -WAIT_LOG_S
     while not fetch(storage, key, local):
         try:
-            claims = ray.get_actor(claims_name(config.name))
-        except ValueError:  # no claims: this trial makes it
+            claims: Any = ray.get_actor(claims_name(config.name))
+        except ValueError:  # no claims: the driver made the dense stage, or this trial does
             return local
-        owner = str(ray.get(claims.claim.remote(key, trial_id)))
+        owner, quiet_s = ray.get(claims.claim.remote(key, trial_id, STALE_AFTER_S))
         if owner == trial_id:
+            with _beating(claims, key, trial_id):
+                make(config, storage, driver_cache)
+            ray.get(claims.release.remote(trial_id))
             return local
-        log.info("dense stage %s: trial %s is making it; waiting for the store", key, owner)
+        if waited - said >= WAIT_LOG_S:
+            log.info(
+                "dense stage %s: waiting for trial %s to make it (heard from %.0f s ago; taken "
+                "over after %.0f s of silence), %.0f s so far",
+                key, owner, quiet_s, STALE_AFTER_S, waited,
+            )  # fmt: skip
+            said = waited
         time.sleep(poll_s)
+        waited += poll_s
     return local
 
 
-def after_trial(config: ExperimentConfig, storage: Storage, driver_cache: str) -> None:
-    """Publish the trial's dense stage if this trial made it."""
-    local = on_this_node(config, driver_cache)
-    key = store_key(local)
-    if not published(storage, key) and (dense_folder(local) / CHECKPOINT_FILE).is_file():
-        publish(storage, key, dense_folder(local))
+@contextlib.contextmanager
+def _beating(claims: Any, key: str, trial_id: str) -> Iterator[None]:
+    """A heartbeat into `claims` every HEARTBEAT_S while the dense config is made."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            claims.beat.remote(key, trial_id)
+
+    beating = threading.Thread(target=beat, name="dense-heartbeat", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
 
 
 def on_node(

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from search.actors import on_driver_node
 from search.storage import Storage
 from yolov2.latency import (
     LATENCY_FILE,
@@ -79,14 +80,7 @@ def registry_name(experiment: str, storage: Storage) -> str:
 def registry(experiment: str, storage: Storage) -> Any:
     """The search's registry: the one running, or a new one on this node (the driver's, when
     `fit` starts it; its handle keeps it alive while the trials run)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    actor = ray.remote(num_cpus=0)(LatencyRegistry)
-    return actor.options(
-        name=registry_name(experiment, storage), get_if_exists=True, scheduling_strategy=here
-    ).remote(storage.root)
+    return on_driver_node(LatencyRegistry, registry_name(experiment, storage), storage.root)
 
 
 @dataclass(frozen=True)

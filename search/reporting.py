@@ -101,11 +101,11 @@ class SearchViews(Callback):
     ) -> None:
         local = Path(trial.error_file) if trial.error_file else None  # before Ray syncs it
         trace = local.read_text() if local is not None and local.is_file() else trial.get_error()
-        if self.space.touches_dense:
-            dense.release(self.config.name, trial.trial_id)  # another trial may make its dense
         self._finish(trials, trial, FAILED, error_line(trace))
 
     def _finish(self, trials: list[Trial], trial: Trial, state: str, error: str) -> None:
+        if self.space.touches_dense:  # whatever its ending, another trial may make its dense
+            dense.release(self.config.name, trial.trial_id)
         result = trial.last_result or {}
         checkpoint = trial.checkpoint
         relative = ""

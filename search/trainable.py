@@ -98,7 +98,6 @@ def run_trial(
 
     # latency_ms: the search's one figure for the architecture, timed (once) in this trial's slot
     result = run(local, out, report, trial_latency(config.name, shared, cpus))
-    dense.after_trial(config, shared, driver_cache)
     final = final_metrics(result.metrics, placement)
     with tempfile.TemporaryDirectory() as staging:
         shutil.copy2(result.checkpoint, Path(staging) / CHECKPOINT_FILE)

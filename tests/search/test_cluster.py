@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from search import dense
+from search.pareto import Ledger
 from search.space import build_space
 from search.storage import Storage
 from search.tuner import _loopback_only, ray_session
@@ -268,6 +269,56 @@ def test_a_killed_driver_is_resumed_from_the_storage_alone(
     chosen = ledger[out.split(":")[0]]
     params, nonzero = count_params(load_checkpoint(tmp_path / "best.safetensors"))
     assert (params, nonzero) == (chosen["metrics"]["params"], chosen["metrics"]["nonzero_params"])
+
+
+def test_a_dense_config_whose_maker_is_lost_mid_training_is_made_by_a_waiter(
+    cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    """A space that touches the dense stage, early stopping on, and the node of the trial making
+    that dense config removed while it trains, with no node to retry it on: the waiter holds the
+    only slot left, so the maker's retry can start only once the waiter ends. Its heartbeat stops,
+    the waiter takes the claim over and makes the dense config, and every trial ends."""
+    caches = cluster["caches"]
+    before = set(caches.glob("*/dense/*"))
+    space = (
+        "search.space={prune.ratios: {groups: uniform, low: 0.0, high: 0.6}, "
+        "loss.object_scale: {choices: [3.0]}}"
+    )
+    extra = [
+        space, "search.num_samples=2", "search.max_concurrent=2", "search.known_points=[0.3]",
+        "search.max_failures=1", "search.early_stop={rule: front, every: 1}", "train.epochs=100",
+    ]  # fmt: skip
+    outcome: dict[str, Any] = {}
+    searching = threading.Thread(
+        target=lambda: outcome.update(directory=_run(cluster, tmp_path, "maker-lost", *extra))
+    )
+    searching.start()
+    deadline = time.monotonic() + 300
+    making: list[Path] = []
+    while not making and searching.is_alive():
+        assert time.monotonic() < deadline
+        making = sorted(set(caches.glob("*/dense/*")) - before)
+        time.sleep(0.05)
+    assert making, "the dense stage was made before its node could be removed"
+    name = making[0].relative_to(caches).parts[0]  # the maker's node, by its cache
+    cluster["cluster"].remove_node(cluster["workers"][name])
+    try:
+        searching.join(timeout=300)
+    finally:  # the later tests' two workers
+        cluster["workers"][name] = _add_worker(cluster["cluster"], caches, f"{name}-again")
+    assert not searching.is_alive()
+    directory = outcome["directory"]
+    ledger = Ledger.load(directory).records
+    assert [r.state for r in ledger.values()] == ["COMPLETE", "COMPLETE"]
+    key = dense.store_key(load_config(SMOKE, [*OVERRIDES, "loss.object_scale=3.0", extra[-1]]))
+    assert dense.published(Storage(str(directory)), key)
+    trained = [  # a finished training of that dense config: on another node than the lost one
+        p.parent.relative_to(caches).parts[0]
+        for p in caches.glob(f"*/dense/{key}/train_state.pt")
+        if (p.parent / "metrics.json").is_file()
+    ]
+    assert len(trained) == 1
+    assert trained[0] != name
 
 
 def test_cluster_yaml_passes_rays_own_validation() -> None:
