@@ -26,6 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search import books, dense, latency, warm_start
 from search.books import RAY_ID, settle_study, study_storage
+from search.cluster import check_resources, connect
 from search.devices import check_device
 from search.early_stop import make_scheduler
 from search.pareto import Front, Ledger, pareto_front, trials_table
@@ -306,7 +307,7 @@ def ray_session(address: str | None) -> Iterator[None]:
             **quiet,
         )
     else:
-        ray.init(address=address, **quiet)
+        connect(address, **quiet)
     try:
         yield
     finally:
@@ -321,30 +322,6 @@ def _loopback_only() -> None:
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
-
-
-def check_resources(search: SearchConfig) -> None:
-    """One clear error for a trial no node can hold, instead of a search that waits forever."""
-    import ray
-
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
-    most_gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
-    if search.cpus_per_trial > most_cpus:
-        raise InputError(
-            f"search.cpus_per_trial is {search.cpus_per_trial:g}, but the largest node of this "
-            f"Ray cluster has {most_cpus:g} CPUs"
-        )
-    if search.gpus_per_trial > 0 and most_gpus < min(1.0, search.gpus_per_trial):
-        raise InputError(
-            f"search.gpus_per_trial is {search.gpus_per_trial:g}, but no node of this Ray "
-            "cluster has a GPU"
-        )
-    if search.gpus_per_trial > most_gpus:
-        raise InputError(
-            f"search.gpus_per_trial is {search.gpus_per_trial:g}, but the largest node has "
-            f"{most_gpus:g} GPUs"
-        )
 
 
 def trainable(config: ExperimentConfig, space: Space, storage: Storage) -> Any:

@@ -319,6 +319,9 @@ class SearchConfig(Section):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)  # a fraction shares one GPU between trials
     max_failures: int = Field(0, ge=0)  # retries of a trial that errors (a lost node, say)
+    # Seconds a search on an autoscaling cluster waits for a node that can hold a trial (a cloud
+    # GPU node takes minutes to start and set up) before it gives up in one line.
+    placement_timeout: float = Field(1200.0, gt=0)
     known_points: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.3, 0.5]
     early_stop: EarlyStopConfig | None = None  # none: every trial runs its whole finetune
     warm_start: Literal["none", "sensitivity"] = "none"
