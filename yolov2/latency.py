@@ -40,6 +40,7 @@ import torch
 
 from yolov2.errors import InputError
 from yolov2.files import write_text_atomic
+from yolov2.measure import forward_times_ms
 from yolov2.model import Architecture, YOLOv2, build_model
 
 LATENCY_FILE = "latency.json"  # a cache of timings by key
@@ -135,19 +136,8 @@ def time_architecture(
 
 def block_medians(model: YOLOv2, input_size: tuple[int, int], method: Method) -> list[float]:
     """The median wall time (ms) of each block of batch-1 forwards, synchronising on CUDA."""
-    device = next(model.parameters()).device
-    x = torch.rand(1, model.arch.channels, *input_size, device=device)
-    times = []
-    with torch.inference_mode():
-        for step in range(method.warmup + method.blocks * method.per_block):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if step >= method.warmup:
-                times.append((time.perf_counter() - start) * 1e3)
+    repeats = method.blocks * method.per_block
+    times = forward_times_ms(model, input_size, warmup=method.warmup, repeats=repeats)
     blocks = [times[i : i + method.per_block] for i in range(0, len(times), method.per_block)]
     return [statistics.median(block) for block in blocks]
 

@@ -46,10 +46,11 @@ def gflops(model: YOLOv2, input_size: tuple[int, int]) -> float:
     return float(counter.get_total_flops()) / 1e9
 
 
-def latency_ms(
-    model: YOLOv2, input_size: tuple[int, int], *, warmup: int = 3, repeats: int = 20
-) -> float:
-    """Median wall time of a batch-1 forward pass, synchronising on CUDA."""
+def forward_times_ms(
+    model: YOLOv2, input_size: tuple[int, int], *, warmup: int, repeats: int
+) -> list[float]:
+    """The wall time (ms) of each of `repeats` batch-1 forward passes after `warmup` untimed
+    ones, synchronising on CUDA."""
     device = next(model.parameters()).device
     x = torch.rand(1, model.arch.channels, *input_size, device=device)
     times = []
@@ -63,7 +64,14 @@ def latency_ms(
                 torch.cuda.synchronize(device)
             if step >= warmup:
                 times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def latency_ms(
+    model: YOLOv2, input_size: tuple[int, int], *, warmup: int = 3, repeats: int = 20
+) -> float:
+    """Median wall time of a batch-1 forward pass, synchronising on CUDA."""
+    return statistics.median(forward_times_ms(model, input_size, warmup=warmup, repeats=repeats))
 
 
 def profile(

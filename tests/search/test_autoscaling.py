@@ -123,14 +123,19 @@ def _drive(argv: list[str], env: dict[str, str], timeout: float = 600) -> tuple[
     return done.returncode, done.stderr
 
 
+def _search(autoscaling: dict[str, Any], storage: Path, *arguments: str) -> tuple[int, str]:
+    """`prune-search run` of the smoke experiment on the cluster, from a driver of its own."""
+    command = ["run", str(SMOKE), "--address", autoscaling["address"], "--storage", str(storage)]
+    return _drive([*command, *arguments], _driver_env())
+
+
 def test_the_smoke_search_runs_to_the_end_on_workers_the_autoscaler_started(
     autoscaling: dict[str, Any], smoke_cache: Path, tmp_path: Path
 ) -> None:
     overrides = smoke_overrides(smoke_cache, "search.known_points=[0.3]")
-    code, err = _drive(
-        ["run", str(SMOKE), "--address", autoscaling["address"], "--storage", str(tmp_path),
-         "--name", "autoscaled", "--num-samples", "2", *set_arguments(overrides)],
-        _driver_env(),
+    code, err = _search(
+        autoscaling, tmp_path, "--name", "autoscaled", "--num-samples", "2",
+        *set_arguments(overrides),
     )  # fmt: skip
     assert code == 0, err[-3000:]
     # The head has no CPU: the search asked for a worker before anything else, and waited for it.
@@ -143,11 +148,7 @@ def test_a_trial_no_node_type_can_hold_is_refused_in_one_line(
     autoscaling: dict[str, Any], smoke_cache: Path, tmp_path: Path
 ) -> None:
     overrides = smoke_overrides(smoke_cache, "search.cpus_per_trial=4")
-    code, err = _drive(
-        ["run", str(SMOKE), "--address", autoscaling["address"], "--storage", str(tmp_path),
-         *set_arguments(overrides)],
-        _driver_env(),
-    )  # fmt: skip
+    code, err = _search(autoscaling, tmp_path, *set_arguments(overrides))
     assert code == 2
     assert err.strip().splitlines()[-1] == (
         "prune-search run: error: search.cpus_per_trial is 4, but the largest node type this "
