@@ -9,23 +9,29 @@ another trial in its place. Counting rows cannot see that; ids can.
 On resume, Ray's newest snapshot decides which trials the search has: it is what the restored Ray
 runs, and it cannot be amended. The study and the ledger are reconciled to it by trial id: the
 entries of trials Ray never knew are removed (their folders too), each trial keeps one study entry,
-an entry Ray will run again is RUNNING (even one an interrupted fit settled as FAIL), and one Ray
-had ended but the study still shows RUNNING is FAIL. Optuna cannot remove a trial from a study,
-so the study is copied without those entries and the copy replaces it whole.
+an entry Ray will run again is RUNNING (even one an interrupted fit settled as FAIL), and a trial
+Ray had ended that the ledger lacks (it ended after the lost driver last copied its files into a
+remote storage, which it does at most every `search.sync_every_s` seconds) is recorded from its
+folder in the storage: its last result, its error, its final checkpoint; its study entry, if
+still RUNNING, takes that outcome. Optuna cannot remove a trial from a study, so the study is
+copied without those entries and the copy replaces it whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import optuna
 
-from search.pareto import Ledger
+from search.pareto import COMPLETE, FAILED, METRICS, PLACEMENT, STOPPED, Ledger, TrialRecord
+from search.space import Space
 from search.storage import STUDY_FILE, Storage
 from search.trainable import RAY_DIR
 from yolov2.config import ExperimentConfig
@@ -56,8 +62,8 @@ def settle_study(directory: Path, config: ExperimentConfig) -> int:
 
 
 def ray_trials(storage: Storage) -> dict[str, str]:
-    """The trials of Ray's newest experiment snapshot in `storage`, id -> status, in the order
-    Ray made them (the snapshot Tuner.restore reads: the greatest file name)."""
+    """The trials of Ray's newest experiment snapshot in `storage`, id -> status (the snapshot
+    Tuner.restore reads: the greatest file name)."""
     names = [n for n in storage.files(RAY_DIR, _STATE_PREFIX) if n.endswith(".json")]
     if not names:
         raise InputError(f"{storage.uri(RAY_DIR)}: no experiment state of Ray to resume from")
@@ -74,12 +80,24 @@ def ray_trials(storage: Storage) -> dict[str, str]:
 
 
 def reconcile(
-    directory: Path, storage: Storage, config: ExperimentConfig, trials: Mapping[str, str]
+    directory: Path,
+    storage: Storage,
+    config: ExperimentConfig,
+    space: Space,
+    trials: Mapping[str, str],
 ) -> list[str]:
     """Make the study, the ledger and the trial folders hold exactly Ray's `trials` (id ->
     status, `ray_trials`); returns the ids of the trials removed, which Ray never knew."""
-    removed = _reconcile_study(directory, config, trials)
     ledger = Ledger.load(directory)
+    for trial_id, status in trials.items():
+        if status in ENDED and trial_id not in ledger.records:
+            ledger.record(recovered(storage, config, space, trial_id, status))
+            log.warning(
+                "trial %s: ended after the lost driver's last copy of its files; recorded from "
+                "its folder in the storage (%s)",
+                trial_id, ledger.records[trial_id].state,
+            )  # fmt: skip
+    removed = _reconcile_study(directory, config, trials, ledger)
     removed |= ledger.keep_only(set(trials))
     for name in storage.folders(RAY_DIR, prefix="trial_"):
         if name.removeprefix("trial_") not in trials:
@@ -94,8 +112,54 @@ def reconcile(
     return sorted(removed)
 
 
+def recovered(
+    storage: Storage, config: ExperimentConfig, space: Space, trial_id: str, status: str
+) -> TrialRecord:
+    """The ledger's record of a trial Ray ended, from its folder in the storage: its parameters
+    (params.json), its last result (result.json), its error (error.txt), its final checkpoint."""
+    from search.reporting import error_line, judged
+
+    folder = f"{RAY_DIR}/trial_{trial_id}"
+    with tempfile.TemporaryDirectory() as scratch:
+        texts = {
+            name: (Path(scratch) / name).read_text()
+            for name in ("params.json", "result.json", "error.txt")
+            if storage.download(f"{folder}/{name}", Path(scratch) / name)
+        }
+    try:
+        params = json.loads(texts.get("params.json", "{}"))
+    except json.JSONDecodeError as bad:
+        raise InputError(f"{storage.uri(folder)}/params.json: not Ray's ({bad})") from None
+    result = _last_result(texts.get("result.json", ""))
+    if status == "ERROR":
+        state, error = FAILED, error_line(texts.get("error.txt", ""))
+    elif not result:
+        state, error = FAILED, f"no results in {storage.uri(folder)}"
+    else:
+        state, error = judged(result, config.search.cost)
+    checkpoints = storage.folders(folder, prefix="checkpoint_") if state == COMPLETE else []
+    return TrialRecord(
+        trial_id=trial_id,
+        state=state,
+        params=params,
+        row=space.row(config, params) if params else {},  # no params.json: no columns
+        metrics={k: result[k] for k in (*METRICS, *PLACEMENT) if k in result},
+        error=error,
+        checkpoint=f"{folder}/{checkpoints[-1]}" if checkpoints else "",
+    )
+
+
+def _last_result(text: str) -> dict[str, Any]:
+    """The last whole line of a result.json (one cut short by a lost driver is passed over)."""
+    for line in reversed(text.splitlines()):
+        with contextlib.suppress(json.JSONDecodeError):
+            result: dict[str, Any] = json.loads(line)
+            return result
+    return {}
+
+
 def _reconcile_study(
-    directory: Path, config: ExperimentConfig, trials: Mapping[str, str]
+    directory: Path, config: ExperimentConfig, trials: Mapping[str, str], ledger: Ledger
 ) -> set[str]:
     study = _load_study(directory, config)
     if study is None:
@@ -114,26 +178,38 @@ def _reconcile_study(
         if ray_id not in trials:
             removed.add(ray_id)
         elif last[ray_id] == entry.number:  # each trial once: its latest entry
-            kept.append(_as_ray_has_it(entry, trials[ray_id]))
+            kept.append(_as_ray_has_it(entry, trials[ray_id], ledger.records.get(ray_id), config))
     if [(t.number, t.state) for t in kept] != [(t.number, t.state) for t in entries]:
         _replace_study(directory, study, kept)
     return removed
 
 
-def _as_ray_has_it(entry: optuna.trial.FrozenTrial, status: str) -> optuna.trial.FrozenTrial:
+def _as_ray_has_it(
+    entry: optuna.trial.FrozenTrial,
+    status: str,
+    record: TrialRecord | None,
+    config: ExperimentConfig,
+) -> optuna.trial.FrozenTrial:
     """A study entry in the state Ray's status gives it: RUNNING when Ray runs the trial again
-    (a completed one stays: the trial reports its final checkpoint again), FAIL when Ray has it
-    ended and no one told the study."""
+    (a completed one stays: the trial reports its final checkpoint again); when Ray has it ended
+    and no one told the study, the ledger's outcome of it (`record`), or FAIL."""
     State = optuna.trial.TrialState
     again = status not in ENDED
+    values = None
     if again and entry.state == State.FAIL and entry.user_attrs.get("interrupted"):
         state = State.RUNNING
     elif not again and entry.state == State.RUNNING:
         state = State.FAIL
+        if record is not None and record.state == COMPLETE:
+            state = State.COMPLETE
+            values = [float(record.metrics[k]) for k in ("map", config.search.cost)]
+        elif record is not None and record.state == STOPPED:
+            state = State.PRUNED
     else:
         return entry
     return optuna.trial.create_trial(
         state=state,
+        values=values,
         params=entry.params,
         distributions=entry.distributions,
         user_attrs={**entry.user_attrs, "interrupted": state == State.FAIL},

@@ -19,6 +19,7 @@ autoscaler for one such node, says once a minute what it waits for, and gives up
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -33,7 +34,7 @@ from yolov2.errors import InputError
 log = logging.getLogger("prune-search")
 
 AUTH_MODE = "RAY_AUTH_MODE"
-AUTOSCALING_STATUS = "__autoscaling_status"  # the autoscaler's report in Ray's KV: it runs
+AUTOSCALING_STATUS = "__autoscaling_status"  # the autoscaler's report in Ray's KV
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # the autoscaler's config, as the launcher puts it
 WAIT_LOG_S = 60.0
 
@@ -121,7 +122,9 @@ def launchable_node_types() -> dict[str, dict[str, Any]] | None:
     without an autoscaler; empty when it runs but its config is not on this machine."""
     from ray.experimental.internal_kv import _internal_kv_get
 
-    if _internal_kv_get(AUTOSCALING_STATUS) is None:
+    # A local Ray runs the autoscaler's monitor too, but with nothing to launch it reports nothing.
+    status = _internal_kv_get(AUTOSCALING_STATUS)
+    if status is None or not json.loads(status).get("autoscaler_report"):
         return None
     path = Path(BOOTSTRAP_CONFIG).expanduser()
     if not path.is_file():

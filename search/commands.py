@@ -2,7 +2,8 @@
 its function.
 
 Ray and Optuna are imported inside the functions, so `prune-search <other command> --help` stays
-fast; `pareto` and `best` read the experiment folder alone and never start Ray.
+fast; `pareto` and `best` read the experiment folder alone (copied from the storage first when
+given a storage URI) and never start Ray.
 """
 
 from __future__ import annotations
@@ -67,8 +68,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def add_resume(commands: Any) -> None:
     p = commands.add_parser("resume", help="finish a search after Ctrl-C or a lost driver")
-    p.add_argument("experiment_dir", help="the experiment folder (<storage>/<name>), or the "
-                   "search's storage URI (<storage URI>/<name>) from a new driver")  # fmt: skip
+    _add_experiment(p)
     p.add_argument("--address", default=None, help="a running Ray cluster (default: loopback)")
     p.set_defaults(run=cmd_resume)
 
@@ -113,8 +113,9 @@ def _summary(front: Front) -> str:
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     from search.pareto import format_table
+    from search.tuner import checked_out
 
-    directory = args.experiment_dir.resolve()
+    directory, _ = checked_out(args.experiment_dir)
     front = _front(directory, args.cost, args.front)
     print(_summary(front))
     print(format_table(front))
@@ -140,7 +141,7 @@ def _failures(front: Front) -> str:
 
 def add_pareto(commands: Any) -> None:
     p = commands.add_parser("pareto", help="the Pareto front of a search: table, CSV, plot")
-    p.add_argument("experiment_dir", type=Path, help="the experiment folder (<storage>/<name>)")
+    _add_experiment(p)
     p.add_argument("--csv", type=Path, help="write one row per trial, with a `pareto` column")
     p.add_argument("--plot", type=Path, help="write map against the cost as a PNG")
     p.add_argument("--cost", choices=["size_mb", "gflops", "latency_ms"],
@@ -170,8 +171,9 @@ def _add_front_choice(p: Any) -> None:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from search.pareto import budget_mask, knee, pareto_front
+    from search.tuner import checked_out
 
-    directory = args.experiment_dir.resolve()
+    directory, _ = checked_out(args.experiment_dir)
     front = _front(directory, args.cost, args.front)
     budgets = {
         name: value
@@ -243,7 +245,7 @@ def _copy_checkpoint(directory: Path, row: Any, out: Path) -> None:
 
 def add_best(commands: Any) -> None:
     p = commands.add_parser("best", help="the front's checkpoint that fits a budget")
-    p.add_argument("experiment_dir", type=Path, help="the experiment folder (<storage>/<name>)")
+    _add_experiment(p)
     p.add_argument("--pick", choices=["best-map", "smallest", "knee"], default="best-map",
                    help="among the front points within the budget (default: best-map)")  # fmt: skip
     p.add_argument("--min-map", type=float, metavar="X")
@@ -260,9 +262,10 @@ def add_best(commands: Any) -> None:
 def cmd_refine(args: argparse.Namespace) -> int:
     from search.pareto import format_table
     from search.refine import REFINED_CSV, REFINED_PNG, REFINED_VIEWS, refine
+    from search.tuner import checked_out
 
-    directory = args.experiment_dir.resolve()
-    searched, refined = refine(directory, args.epochs)
+    directory, _ = checked_out(args.experiment_dir)
+    searched, refined = refine(directory, args.epochs, args.address)
     before = searched.table.set_index("trial_id")["map"]
     print(_summary(refined))
     print(format_table(refined))
@@ -280,10 +283,19 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 def add_refine(commands: Any) -> None:
     p = commands.add_parser("refine", help="finetune the front's points longer: the refined front")
-    p.add_argument("experiment_dir", type=Path, help="the experiment folder (<storage>/<name>)")
+    _add_experiment(p)
     p.add_argument("--epochs", type=positive_int,
                    help="finetune epochs of each point (default: 3x the search's)")  # fmt: skip
+    p.add_argument("--address", default=None,
+                   help="a running Ray cluster whose nodes refine the points, each as a task "
+                        "with a trial's resources (default: loopback)")  # fmt: skip
     p.set_defaults(run=cmd_refine)
+
+
+def _add_experiment(p: Any) -> None:
+    p.add_argument("experiment_dir", help="the experiment folder (<storage>/<name>), or the "
+                   "search's storage URI (<storage URI>/<name>) from any machine: its study, "
+                   "ledger and experiment come into ./runs/<name> when that is empty")  # fmt: skip
 
 
 def positive_int(text: str) -> int:

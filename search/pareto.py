@@ -1,9 +1,10 @@
 """The trials of a search and their Pareto front of map against a cost, computed once, here.
 
-The ledger (`trials.json` in the experiment folder) holds every finished trial: its state, its
+The ledger (`trials.jsonl` in the experiment folder) holds every finished trial: its state, its
 sampled parameters, its final metrics, its error, its checkpoint. The table, the front, the
 hypervolume and the knee are computed from it, and every view (the `pareto` table and CSV, the plot,
-TensorBoard, `best`) reads them from here.
+TensorBoard, `best`) reads them from here. While a search runs, `LiveFront` keeps the same front
+at the cost of its own points rather than of every trial.
 
 The front is the set of completed trials that no other completed trial dominates: at least the map
 at no more cost, better in one. Equal points are both on it. Failed and stopped trials never are.
@@ -12,8 +13,11 @@ at no more cost, better in one. Equal points are both on it. Failed and stopped 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +26,7 @@ import numpy as np
 
 from search.storage import LEDGER_FILE
 from yolov2.errors import InputError
-from yolov2.files import write_text_atomic
+from yolov2.files import atomic_path
 from yolov2.pipeline import METRIC_NAMES
 
 if TYPE_CHECKING:
@@ -33,6 +37,8 @@ COST_UNITS = {"size_mb": "MB", "gflops": "GFLOPs", "latency_ms": "ms"}
 METRICS = METRIC_NAMES  # what every trial reports last, in the order tables show them
 PLACEMENT = ("node", "device", "gpu_ids")  # where a trial ran: host:Ray node, torch device, GPUs
 COMPLETE, FAILED, STOPPED = "COMPLETE", "FAIL", "PRUNED"
+
+log = logging.getLogger("prune-search")
 
 
 @dataclass
@@ -56,7 +62,9 @@ class TrialRecord:
 
 
 class Ledger:
-    """The finished trials of one experiment folder, saved whole after every change."""
+    """The finished trials of one experiment folder, one JSON line each, appended as trials finish
+    (a later line of a trial replaces its earlier one when read); rewritten whole only by
+    `keep_only`, which a resume runs. One writer: the driver."""
 
     def __init__(
         self,
@@ -66,26 +74,70 @@ class Ledger:
     ) -> None:
         self.directory = directory
         self.records: dict[str, TrialRecord] = records or {}
-        self.name = name  # trials.json, or refined.json for the refined front
+        self.name = name  # trials.jsonl, or refined.jsonl for the refined front
+        self._end: int | None = None  # bytes of whole lines in the file; None: rewrite it whole
+
+    @property
+    def path(self) -> Path:
+        return self.directory / self.name
+
+    @property
+    def old_path(self) -> Path:
+        """The ledger as one JSON document (`trials.json`), as searches before the JSON lines
+        kept it: read when there is no JSON-lines ledger, replaced by one at the first write."""
+        return self.path.with_suffix(".json")
 
     @classmethod
     def load(cls, directory: Path, name: str = LEDGER_FILE) -> Ledger:
-        path = directory / name
-        if not path.exists():
-            return cls(directory, name=name)
+        ledger = cls(directory, name=name)
+        if ledger.path.exists():
+            ledger._read_lines()
+        elif ledger.old_path.exists():
+            ledger._read_document()
+        else:
+            ledger._end = 0
+        return ledger
+
+    def _read_lines(self) -> None:
+        data = self.path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        if len(whole) < len(data):  # a driver killed mid-line: the line is dropped
+            log.warning("%s: its last line is incomplete; left out", self.path)
+        for number, line in enumerate(whole.decode().splitlines(), 1):
+            try:
+                record = TrialRecord(**json.loads(line))
+            except (json.JSONDecodeError, TypeError) as error:
+                raise InputError(
+                    f"{self.path}: line {number}: not a trial ledger line of prune-search ({error})"
+                ) from None
+            self.records[record.trial_id] = record
+        self._end = len(whole)
+
+    def _read_document(self) -> None:
         try:
-            raw = json.loads(path.read_text())
-            records = {r["trial_id"]: TrialRecord(**r) for r in raw["trials"]}
+            raw = json.loads(self.old_path.read_text())
+            self.records = {r["trial_id"]: TrialRecord(**r) for r in raw["trials"]}
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise InputError(f"{path}: not a trial ledger of prune-search ({error})") from None
-        return cls(directory, records, name)
+            raise InputError(
+                f"{self.old_path}: not a trial ledger of prune-search ({error})"
+            ) from None
 
     def record(self, record: TrialRecord) -> None:
-        """Add or replace (a trial that finished again after a resume keeps its first place)."""
+        """Add or replace (a trial that finished again after a resume keeps its first place):
+        one line appended, the file's earlier bytes untouched."""
         previous = self.records.get(record.trial_id)
         record.order = previous.order if previous else len(self.records) + 1
         self.records[record.trial_id] = record
-        self._save()
+        if self._end is None:
+            self._save()
+            return
+        line = (json.dumps(asdict(record)) + "\n").encode()
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with open(descriptor, "r+b") as file:
+            file.truncate(self._end)  # an incomplete last line, if a killed driver left one
+            file.seek(self._end)
+            file.write(line)
+        self._end += len(line)
 
     def keep_only(self, trial_ids: set[str]) -> set[str]:
         """Remove every record but those of `trial_ids`, number the rest again in their order and
@@ -102,11 +154,61 @@ class Ledger:
         return removed
 
     def _save(self) -> None:
-        trials = [asdict(r) for r in sorted(self.records.values(), key=lambda r: r.order)]
-        write_text_atomic(self.directory / self.name, json.dumps({"trials": trials}, indent=1))
+        """The whole ledger, written at once (and the old one-document ledger removed)."""
+        text = "".join(json.dumps(asdict(r)) + "\n" for r in self.ordered())
+        with atomic_path(self.path) as temporary:
+            temporary.write_text(text)
+        self.old_path.unlink(missing_ok=True)
+        self._end = len(text.encode())
+
+    def ordered(self) -> list[TrialRecord]:
+        """The records in the order their trials first finished."""
+        return sorted(self.records.values(), key=lambda r: r.order)
 
     def completed(self) -> list[TrialRecord]:
         return [r for r in self.records.values() if r.state == COMPLETE]
+
+
+class LiveFront:
+    """The front of a search's ledger, kept as each trial finishes at the cost of a few points,
+    not of every trial: the front of all trials is the front of the previous front and the new
+    trial. It keeps the trials that can matter (the front, the dense trials, the costliest
+    completed trial for the reference, the best map of all) and counts the rest by state;
+    `front` is `pareto_front` of those, with the whole table's points, reference and
+    hypervolume. A trial that finishes again (after a resume) rebuilds it from the ledger."""
+
+    def __init__(self, ledger: Ledger, columns: Sequence[str], cost: str) -> None:
+        self.ledger, self.columns, self.cost = ledger, tuple(columns), cost
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        records = self.ledger.ordered()
+        self.counts: Counter[str] = Counter(r.state for r in records)
+        self._seen = {r.trial_id for r in records}
+        self._keep(records)
+
+    def add(self, record: TrialRecord) -> Front:
+        """The front with `record`, which the ledger has just recorded."""
+        if record.trial_id in self._seen:
+            self._rebuild()
+        else:
+            self.counts[record.state] += 1
+            self._seen.add(record.trial_id)
+            self._keep([*self._kept.values(), record])
+        return self.front
+
+    def _keep(self, records: Iterable[TrialRecord]) -> None:
+        """The front of `records`, and of them the ones that can still matter."""
+        by_id = {r.trial_id: r for r in records}
+        self.front = pareto_front(records_table(by_id.values(), self.columns), self.cost)
+        table = self.front.table
+        keep = table["pareto"] | table["dense"].astype(bool)
+        done = table[(table["state"] == COMPLETE) & table["map"].notna() & table[self.cost].notna()]
+        if len(done):
+            keep |= table.index == done[self.cost].idxmax()
+        if table["map"].notna().any():
+            keep |= table.index == table["map"].idxmax()
+        self._kept = {t: by_id[t] for t in table.loc[keep, "trial_id"]}
 
 
 def dominated(maps: Sequence[float], costs: Sequence[float]) -> np.ndarray:
@@ -173,10 +275,15 @@ class Front:
 def trials_table(ledger: Ledger, columns: Sequence[str]) -> pd.DataFrame:
     """One row per finished trial: trial_id, state, every parameter, every metric, node, device,
     error, checkpoint; the parameter columns are `columns`, the same for every trial."""
+    return records_table(ledger.records.values(), columns)
+
+
+def records_table(records: Iterable[TrialRecord], columns: Sequence[str]) -> pd.DataFrame:
+    """`trials_table` of some records, in the order their trials finished."""
     import pandas as pd
 
     rows = []
-    for record in sorted(ledger.records.values(), key=lambda r: r.order):
+    for record in sorted(records, key=lambda r: r.order):
         row: dict[str, Any] = {"trial_id": record.trial_id, "state": record.state}
         row.update({name: record.row.get(name) for name in columns})
         row.update({name: record.metrics.get(name, math.nan) for name in METRICS})

@@ -1,15 +1,21 @@
 """What a search shows while it runs and after: the ledger kept as trials finish, a progress line,
 and TensorBoard (an hparams table with the same columns for every trial, the front as a figure, the
-hypervolume after each finished trial); each trial's curves are Ray's, without its hparams.
+hypervolume as trials finish); each trial's curves are Ray's, without its hparams.
 
 Ray's own hparams summary covers only searched values and marks failed trials as successes, so
-ours replaces it; it is written by the driver when a trial finishes, under `<exp>/tensorboard`.
+ours replaces it; the driver writes it under `<exp>/tensorboard`. What grows with the search is
+kept off the path of each finished trial: the ledger gets one line, the front is updated from its
+own points (pareto.LiveFront), and the views and a remote storage's copy of the driver's files are
+brought up to date at most every `search.sync_every_s` seconds, and at the end.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +32,7 @@ from search.pareto import (
     STOPPED,
     Front,
     Ledger,
+    LiveFront,
     TrialRecord,
     dense_rows,
     pareto_front,
@@ -39,6 +46,7 @@ from yolov2.config import ExperimentConfig
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from ray.tune.experiment import Trial
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("prune-search")
 VIEWS_DIR = "tensorboard"
@@ -51,14 +59,54 @@ class TrialCurves(TBXLoggerCallback):
         return None
 
 
-class SearchViews(Callback):
-    """Keeps the ledger, the progress line and the TensorBoard views as each trial finishes."""
+class Every:
+    """Whether a thing is due: at most once per `seconds` by `clock` (0: every time asked)."""
 
-    def __init__(self, config: ExperimentConfig, space: Space, storage: str) -> None:
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = seconds, clock
+        self.last = -math.inf
+
+    def due(self) -> bool:
+        now = self.clock()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+@dataclass
+class _Running:
+    """What a SearchViews holds while its fit runs (never pickled into tuner.pkl)."""
+
+    ledger: Ledger
+    live: LiveFront
+    views: FrontViews
+    sync: Every
+    refresh: Every
+    unviewed: list[TrialRecord] = field(default_factory=list)  # hparams not written yet
+    stale: bool = False  # the front views lag the ledger
+    unsynced: bool = False  # the storage's copy lags the driver's files
+    pushed_bytes: int = 0
+
+
+class SearchViews(Callback):
+    """Keeps the ledger and the progress line as each trial finishes, and the TensorBoard views
+    and a remote storage's copy of the study, ledger and experiment at most every
+    `search.sync_every_s` seconds (the views once more when the fit ends; `tuner.fit` pushes
+    the files then)."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        space: Space,
+        storage: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.space = space
         self.storage = storage  # the search's storage: the ledger and study go there too
-        self._ledger: Ledger | None = None
+        self.clock = clock
+        self._running: _Running | None = None
 
     @property
     def directory(self) -> Path:
@@ -67,33 +115,42 @@ class SearchViews(Callback):
         return Storage(self.storage).driver_folder()
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: no open state
-        return {**self.__dict__, "_ledger": None}
+        return {**self.__dict__, "_running": None}
+
+    @property
+    def running(self) -> _Running:
+        if self._running is None:
+            ledger = Ledger.load(self.directory)
+            every = self.config.search.sync_every_s
+            self._running = _Running(
+                ledger=ledger,
+                live=LiveFront(ledger, self.space.columns, self.config.search.cost),
+                views=FrontViews(self.directory, self.space.columns),
+                sync=Every(every, self.clock),
+                refresh=Every(every, self.clock),
+            )
+        return self._running
 
     @property
     def ledger(self) -> Ledger:
-        if self._ledger is None:
-            self._ledger = Ledger.load(self.directory)
-        return self._ledger
+        return self.running.ledger
+
+    @property
+    def pushed_bytes(self) -> int:
+        """Bytes this driver has copied into the storage (0 for a local folder)."""
+        return self.running.pushed_bytes
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         log.info("trial %s started: %s", trial.trial_id, _shown(trial.config))
-        push(self.directory, Storage(self.storage), DRIVER_FILES)  # the study knows it RUNNING
+        self.running.unsynced = True  # the study has it RUNNING
+        self._catch_up()
 
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        result = trial.last_result or {}
-        objectives = {name: result.get(name) for name in ("map", self.config.search.cost)}
-        broken = {name: value for name, value in objectives.items() if not is_finite(value)}
-        if broken:
-            shown = ", ".join(f"{name} {value}" for name, value in broken.items())
-            state, error = FAILED, f"its last report has no finite objective ({shown})"
-        elif not result.get(FINISHED):
-            state, error = STOPPED, ""
-        else:
-            state, error = COMPLETE, ""
+        state, error = judged(trial.last_result or {}, self.config.search.cost)
         self._finish(trials, trial, state, error)
 
     def on_trial_error(
@@ -103,15 +160,23 @@ class SearchViews(Callback):
         trace = local.read_text() if local is not None and local.is_file() else trial.get_error()
         self._finish(trials, trial, FAILED, error_line(trace))
 
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        self._catch_up()  # what came due since the last trial event
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        """The fit ends (all trials done, Ctrl-C or an error): the views as they are now."""
+        if self._running is not None:
+            self._refresh()
+            self._running.views.close()
+
     def _finish(self, trials: list[Trial], trial: Trial, state: str, error: str) -> None:
         if self.space.touches_dense:  # whatever its ending, another trial may make its dense
             dense.release(self.config.name, trial.trial_id)
         result = trial.last_result or {}
         checkpoint = trial.checkpoint
         relative = ""
-        storage = Storage(self.storage)
         if state == COMPLETE and checkpoint is not None:
-            relative = storage.relative(checkpoint.path)
+            relative = Storage(self.storage).relative(checkpoint.path)
         record = TrialRecord(
             trial_id=trial.trial_id,
             state=state,
@@ -121,20 +186,59 @@ class SearchViews(Callback):
             error=error,
             checkpoint=relative,
         )
-        self.ledger.record(record)
-        front = pareto_front(trials_table(self.ledger, self.space.columns), self.config.search.cost)
-        write_views(self.directory, front, self.space.columns, record)
-        push(self.directory, storage, DRIVER_FILES)
-        log.info("%s", progress_line(trials, front, record))
+        running = self.running
+        running.ledger.record(record)
+        front = running.live.add(record)
+        running.unviewed.append(record)
+        running.stale = running.unsynced = True
+        log.info("%s", progress_line(trials, front, record, running.live.counts))
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """The views and the storage's copy, each if it lags and its time has come."""
+        running = self._running
+        if running is None:
+            return
+        if running.stale and running.refresh.due():
+            self._refresh()
+        if running.unsynced and running.sync.due():
+            running.unsynced = False
+            running.pushed_bytes += push(self.directory, Storage(self.storage), DRIVER_FILES)
+
+    def _refresh(self) -> None:
+        """The hparams of the trials finished since the last refresh, and the whole front."""
+        running = self.running
+        for record in running.unviewed:
+            running.views.trial(record)
+        running.unviewed.clear()
+        if running.stale:
+            table = trials_table(running.ledger, self.space.columns)
+            running.views.front(pareto_front(table, self.config.search.cost))
+            running.stale = False
 
 
-def progress_line(trials: list[Trial], front: Front, record: TrialRecord) -> str:
-    """`trial x COMPLETE map .. | 5 done, 2 running, 5 pending | best map .. | front 3 points`."""
+def judged(result: Mapping[str, Any], cost: str) -> tuple[str, str]:
+    """(state, error) of a trial that ended without raising, from its last report: FAIL when an
+    objective is not a finite number, PRUNED when it did not finish (stopped early), COMPLETE."""
+    objectives = {name: result.get(name) for name in ("map", cost)}
+    broken = {name: value for name, value in objectives.items() if not is_finite(value)}
+    if broken:
+        shown = ", ".join(f"{name} {value}" for name, value in broken.items())
+        return FAILED, f"its last report has no finite objective ({shown})"
+    if not result.get(FINISHED):
+        return STOPPED, ""
+    return COMPLETE, ""
+
+
+def progress_line(
+    trials: list[Trial], front: Front, record: TrialRecord, counts: Mapping[str, int]
+) -> str:
+    """`trial x COMPLETE map .. | 5 done, 2 running, 5 pending | best map .. | front 3 points`;
+    `counts`: the finished trials by state."""
     states = [t.status for t in trials]
     running, pending = states.count("RUNNING"), states.count("PENDING")
-    done = int((front.table["state"] == COMPLETE).sum())
-    stopped = int((front.table["state"] == STOPPED).sum())
-    failed = len(front.table) - done - stopped
+    done, stopped = counts.get(COMPLETE, 0), counts.get(STOPPED, 0)
+    failed = sum(counts.values()) - done - stopped
     cost = front.cost
     if record.state == COMPLETE:
         outcome = (
@@ -169,26 +273,41 @@ def _shown(params: dict[str, Any]) -> str:
     )
 
 
-def write_views(
-    directory: Path,
-    front: Front,
-    columns: tuple[str, ...],
-    record: TrialRecord,
-    views: str = VIEWS_DIR,
-) -> None:
-    """The finished trial's hparams, and the front figure and hypervolume at this many trials,
-    under `views` (tensorboard/, or tensorboard/refined/ for the refined front)."""
-    from torch.utils.tensorboard import SummaryWriter
+class FrontViews:
+    """The TensorBoard views of a front under `<directory>/<views>` (tensorboard/, or
+    tensorboard/refined/ for the refined front): one writer kept open for the front's hypervolume,
+    size and figure, and each finished trial's hparams in a run of its own (TensorBoard's hparams
+    table takes one run per trial)."""
 
-    step = len(front.table)
-    with SummaryWriter(str(directory / views / "trials" / record.trial_id)) as writer:
-        for summary in hparams_summaries(record, columns):
-            writer.file_writer.add_summary(summary)
-    with SummaryWriter(str(directory / views / "front")) as writer:
-        writer.add_scalar("pareto/hypervolume", front.hypervolume, step)
-        writer.add_scalar("pareto/hypervolume_normalised", front.normalised_hypervolume, step)
-        writer.add_scalar("pareto/front_size", len(front.points), step)
-        writer.add_figure("pareto/front", front_figure(front), step, close=True)
+    def __init__(self, directory: Path, columns: tuple[str, ...], views: str = VIEWS_DIR) -> None:
+        self.folder = directory / views
+        self.columns = columns
+        self._writer: SummaryWriter | None = None
+
+    def trial(self, record: TrialRecord) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(self.folder / "trials" / record.trial_id)) as writer:
+            for summary in hparams_summaries(record, self.columns):
+                writer.file_writer.add_summary(summary)
+
+    def front(self, front: Front) -> None:
+        """The front's scalars and figure at its number of finished trials."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self._writer is None:
+            self._writer = SummaryWriter(str(self.folder / "front"))
+        step = len(front.table)
+        self._writer.add_scalar("pareto/hypervolume", front.hypervolume, step)
+        self._writer.add_scalar("pareto/hypervolume_normalised", front.normalised_hypervolume, step)
+        self._writer.add_scalar("pareto/front_size", len(front.points), step)
+        self._writer.add_figure("pareto/front", front_figure(front), step, close=True)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def hparams_summaries(record: TrialRecord, columns: tuple[str, ...]) -> list[Any]:

@@ -3,8 +3,9 @@
 
 With a local folder the experiment folder is the storage. With a URI the driver keeps the study
 (SQLite wants a local disk), the ledger and the views in a local folder and copies them into the
-storage after every finished trial, so that a new driver resumes from the storage alone; Ray's
-experiment and the dense stage live in the storage itself, where every node reaches them.
+storage at most every `search.sync_every_s` seconds and at every end of a fit, so that a new
+driver resumes from the storage alone; Ray's experiment and the dense stage live in the storage
+itself, where every node reaches them.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
 
 EXPERIMENT_FILE = "experiment.yaml"  # the resolved experiment
 STUDY_FILE = "study.db"  # the Optuna study
-LEDGER_FILE = "trials.json"  # every finished trial (search.pareto.Ledger)
-# What the driver keeps and copies into a remote storage after every finished trial.
-DRIVER_FILES = (EXPERIMENT_FILE, STUDY_FILE, LEDGER_FILE)
+LEDGER_FILE = "trials.jsonl"  # every finished trial, a line each (search.pareto.Ledger)
+OLD_LEDGER_FILE = "trials.json"  # the ledger as one JSON document, read until rewritten
+# What the driver keeps and copies into a remote storage (the old ledger, only while a search
+# begun before the JSON-lines ledger still has it).
+DRIVER_FILES = (EXPERIMENT_FILE, STUDY_FILE, LEDGER_FILE, OLD_LEDGER_FILE)
 
 
 def search_storage(location: str, name: str) -> Storage:
@@ -41,9 +44,19 @@ def is_uri(location: str) -> bool:
 
 
 def join(location: str, *parts: str) -> str:
+    """`location/part/...`; a URI keeps its query (`?endpoint_override=...&scheme=http`, which
+    pyarrow reads to reach an S3 API that is not AWS's) after the joined path. Ray Tune 2.60
+    takes such a URI as `storage_path` as it is: its own joins keep the query too
+    (`ray.air._internal.uri_utils.URI`), and it opens each with `FileSystem.from_uri`."""
     if is_uri(location):
-        return "/".join([location.rstrip("/"), *parts])
+        path, mark, query = location.partition("?")
+        return "/".join([path.rstrip("/"), *parts]) + mark + query
     return str(Path(location).joinpath(*parts))
+
+
+def uri_name(location: str) -> str:
+    """The last name of a folder's path or a URI's path (its query left out)."""
+    return location.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,7 @@ class Storage:
         it is a folder; `runs/<name>` in the driver's working folder when it is a URI."""
         if not self.remote:
             return Path(self.root)
-        return (Path("runs") / self.root.rstrip("/").rsplit("/", 1)[-1]).resolve()
+        return (Path("runs") / uri_name(self.root)).resolve()
 
     def uri(self, relative: str) -> str:
         return join(self.root, relative)
@@ -167,14 +180,16 @@ class Storage:
                 ) from None
 
 
-def push(directory: Path, storage: Storage, names: tuple[str, ...]) -> None:
+def push(directory: Path, storage: Storage, names: tuple[str, ...]) -> int:
     """Copy the driver's files `names` from `directory` into a remote storage; an SQLite study
-    through SQLite's backup, so the copy is consistent even while the study is in use."""
+    through SQLite's backup, so the copy is consistent even while the study is in use. Returns
+    the bytes copied."""
     import sqlite3
     import tempfile
 
     if not storage.remote:
-        return
+        return 0
+    pushed = 0
     for name in names:
         source = directory / name
         if not source.is_file():
@@ -188,8 +203,11 @@ def push(directory: Path, storage: Storage, names: tuple[str, ...]) -> None:
                 ):
                     live.backup(snapshot)
                 storage.upload(copy, name)
+                pushed += copy.stat().st_size
         else:
             storage.upload(source, name)
+            pushed += source.stat().st_size
+    return pushed
 
 
 def pull(storage: Storage, directory: Path, names: tuple[str, ...]) -> list[str]:

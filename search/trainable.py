@@ -1,14 +1,17 @@
 """One trial: the experiment with the trial's sample applied, run by `yolov2.pipeline.run`.
 
 Every finetune epoch goes to Ray Tune through the pipeline's report callback, with both objectives
-(`map` as last evaluated, and the pruned model's costs) and a checkpoint of the finetune's training
-state; the last report holds every metric and the pruned checkpoint, and says `finished`.
+(`map` as last evaluated, and the pruned model's costs); every `search.checkpoint_every`-th epoch
+and the finetune's last carry a checkpoint of its training state (a full model's, with its
+optimizer's moments, is hundreds of megabytes to upload); the last report holds every metric and
+the pruned checkpoint, and says `finished`.
 
 Restored from a checkpoint (a node lost mid-trial, or a driver lost: Ray starts the trial again,
 on any node), a trial carries on where its checkpoint was: a training state goes back into the
-finetune's folder and the pipeline resumes from it (the same epochs, the same result as without
-the fault); a checkpoint that says `finished` (the driver died after the trial ended but before its
-snapshot) is reported again at once instead of training again.
+finetune's folder and the pipeline resumes from it (the same result as without the fault; the
+epochs since that state are trained and reported again); a checkpoint that says `finished` (the
+driver died after the trial ended but before its snapshot) is reported again at once instead of
+training again.
 """
 
 from __future__ import annotations
@@ -89,6 +92,10 @@ def run_trial(
 
     def report(metrics: dict[str, Any]) -> None:
         scalars = {**_scalars(metrics), **placement, FINISHED: False}
+        epoch = int(metrics["epoch"])
+        if epoch % config.search.checkpoint_every and epoch < config.finetune.epochs:
+            tune.report(scalars)  # no checkpoint: a restored trial carries on from the last state
+            return
         with tempfile.TemporaryDirectory() as staging:
             shutil.copy2(finetune_dir / STATE_FILE, Path(staging) / STATE_FILE)
             state = {**scalars, "finetune_dir": finetune_dir.name}

@@ -37,6 +37,7 @@ from search.storage import (
     EXPERIMENT_FILE,
     Storage,
     is_uri,
+    join,
     pull,
     push,
 )
@@ -74,9 +75,9 @@ def run(config: ExperimentConfig, source: str, storage: Storage, address: str | 
     if _same_search(directory, config, storage):
         log.info("%s holds this search already: resuming it", directory)
         return resume(str(directory), address)
-    _check_new_experiment_dir(directory)
-    if storage.remote:
+    if storage.remote:  # first: a wrong URI leaves nothing behind, not even runs/
         storage.check_writable()
+    _check_new_experiment_dir(directory)
     if address is None:  # 2. the dense stage, once, with every core of this machine
         make_dense(config, space, None)
     with ray_session(address):  # 3. Ray: a loopback instance of our own, or the cluster
@@ -126,7 +127,7 @@ def locate(location: str) -> tuple[Path, Storage]:
     """The driver's experiment folder and the storage of the search at `location`: an experiment
     folder, or a storage URI (`<storage>/<name>`), whose driver folder is `runs/<name>`."""
     if is_uri(location):
-        storage = Storage(location.rstrip("/"))
+        storage = Storage(join(location))  # no trailing slash, before its query or not
         return storage.driver_folder(), storage
     directory = Path(location).resolve()
     marker = directory / STORAGE_FILE
@@ -134,24 +135,41 @@ def locate(location: str) -> tuple[Path, Storage]:
     return directory, Storage(root)
 
 
+def checked_out(location: str) -> tuple[Path, Storage]:
+    """`locate`, with a storage URI's driver files (the experiment, the study, the ledger) copied
+    into its driver folder when that holds none: from a new driver, anywhere, every command that
+    takes an experiment folder takes the storage URI too."""
+    directory, storage = locate(location)
+    if not storage.remote:
+        return directory, storage
+    if (directory / EXPERIMENT_FILE).is_file():
+        held = locate(str(directory))[1].root
+        if held.partition("?")[0] != storage.root.partition("?")[0]:
+            raise InputError(
+                f"{directory}: holds the search stored at {held}, not at {storage.root}; "
+                "run this command from another folder"
+            )
+        if held != storage.root:  # the same storage at another endpoint: the one given now
+            write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
+        return directory, storage
+    copied = pull(storage, directory, DRIVER_FILES)
+    if copied:
+        log.info("from %s: %s copied into %s", storage.root, ", ".join(copied), directory)
+    if (directory / EXPERIMENT_FILE).is_file():
+        write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
+    return directory, storage
+
+
 def resume(location: str, address: str | None = None) -> Outcome:
     """Finish the search at `location` (its folder, or its storage URI from a new driver) after
     Ctrl-C or a lost driver."""
     from ray import tune
 
-    directory, storage = locate(location)
-    if storage.remote and not (directory / EXPERIMENT_FILE).is_file():
-        copied = pull(storage, directory, DRIVER_FILES)
-        if copied:
-            log.info(
-                "resuming from %s: %s copied into %s", storage.root, ", ".join(copied), directory
-            )
-        if (directory / EXPERIMENT_FILE).is_file():
-            write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
+    directory, storage = checked_out(location)
     config, space = load_experiment(directory, storage)
     # One set of books: the study, the ledger and the trial folders hold Ray's trials, by id.
     trials = books.ray_trials(storage)
-    books.reconcile(directory, storage, config, trials)
+    books.reconcile(directory, storage, config, space, trials)
     push(directory, storage, DRIVER_FILES)
     ledger = Ledger.load(directory)
     ended = [t for t, status in trials.items() if status in books.ENDED and t in ledger.records]
@@ -299,9 +317,10 @@ def ray_session(address: str | None) -> Iterator[None]:
 
     quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address is None:
+        # Ray counts the CPUs itself: those of the machine's cgroup (a container's quota), where
+        # os.cpu_count() says the host's and would oversubscribe a container with trials.
         ray.init(
             address="local",
-            num_cpus=os.cpu_count(),
             include_dashboard=False,
             object_store_memory=256 * 2**20,
             **quiet,

@@ -114,6 +114,29 @@ def test_the_fingerprint_benchmark_sees_the_edit_and_keeps_the_key_elsewhere(
     assert code == (0 if set(verdicts.values()) == {"met"} else 1)
 
 
+def test_the_driver_benchmark_prints_its_marks_side_by_side_and_judges_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--trials", "24", "--every-event-trials", "12"]
+    code, lines = _main("bench_driver", argv, monkeypatch, capsys)
+    assert lines[0].startswith("search.sync_every_s default (60 s): 24 trials in ")
+    # trials, ms/trial, of it views, MB pushed, KB/trial: the throttled run's marks, then the
+    # run at every event's
+    rows = [line.split() for line in lines if re.fullmatch(r"(\s+[\d.]+){5}", line)]
+    assert [row[0] for row in rows] == ["10", "24", "10", "12"]
+    throttled, every_event = rows[0], rows[2]
+    assert float(every_event[3]) > 2 * float(throttled[3])  # MB at 10 trials: a copy per event
+    assert any(line.startswith("at 10 trials, every event over throttled: ") for line in lines)
+    verdicts = _targets(lines)
+    assert set(verdicts) == {
+        "time per trial at 24 over at 10",
+        "SearchViews' time per trial at 24 over at 10",
+        "bytes per trial at 24 over at 10",
+    }
+    assert code == (0 if set(verdicts.values()) == {"met"} else 1)
+
+
 VOC_EVAL_TINY = ["--images", "40", "--classes", "3", "--dets-per-image", "10", "--inverted", "0.1"]
 
 

@@ -322,6 +322,12 @@ class SearchConfig(Section):
     # Seconds a search on an autoscaling cluster waits for a node that can hold a trial (a cloud
     # GPU node takes minutes to start and set up) before it gives up in one line.
     placement_timeout: float = Field(1200.0, gt=0)
+    # The driver copies its study, ledger and experiment into a remote storage, and refreshes the
+    # front's TensorBoard views, at most this often (0: at every trial event); always at the end.
+    sync_every_s: float = Field(60.0, ge=0)
+    # Finetune epochs between the training states a trial checkpoints (the last epoch's always):
+    # what a trial carries on from after a lost node. README.md, "On a cluster", sizes it.
+    checkpoint_every: int = Field(3, ge=1)
     known_points: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.3, 0.5]
     early_stop: EarlyStopConfig | None = None  # none: every trial runs its whole finetune
     warm_start: Literal["none", "sensitivity"] = "none"

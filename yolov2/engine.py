@@ -33,6 +33,7 @@ from yolov2.data import (
     make_synthetic_voc,
     read_voc,
     sample_seed,
+    voc_fingerprint,
 )
 from yolov2.errors import InputError, TrainingDivergedError
 from yolov2.evaluate import METRICS, VOCEvaluator, mean_ap, precision_recall
@@ -59,13 +60,42 @@ class Splits:
     classes: list[str]
 
 
-def load_splits(data: DataConfig) -> Splits:
-    """Read the configured VOCdevkit sets, generating the synthetic data set first if asked to."""
+# The splits this process has read, by what the data is (`load_splits`): a Ray worker kept warm
+# between trials (reuse_actors) parses a data set's annotations once, not once per trial.
+_READ_SPLITS: dict[tuple[object, ...], Splits] = {}
+_READ_SPLITS_KEPT = 4
+
+
+def load_splits(data: DataConfig, cache_dir: Path | None = None) -> Splits:
+    """Read the configured VOCdevkit sets, generating the synthetic data set first if asked to.
+
+    With a `cache_dir`, the annotations are parsed once per process and data set: kept by the
+    data's fingerprint (data/fingerprint.py: its image-set lists, the bytes of its annotations,
+    its images' sizes; from the digests kept in `cache_dir`, a stat of each file), so a tree
+    edited in between is read again."""
     if data.synthetic is not None:
         make_synthetic_voc(data.root, classes=data.class_names(), **data.synthetic.model_dump())
     if not data.root.is_dir():
         raise InputError(f"{data.root}: data folder not found (data.root)")
     classes = data.class_names()
+    if cache_dir is None:
+        return _read_splits(data, classes)
+    sets = [*data.train_sets, *data.test_sets]
+    key = (
+        str(data.root.resolve()),
+        json.dumps([data.train_sets, data.test_sets, classes]),
+        voc_fingerprint(data.root, sets, cache_dir),
+    )
+    splits = _READ_SPLITS.pop(key, None)
+    if splits is None:
+        splits = _read_splits(data, classes)
+    _READ_SPLITS[key] = splits  # the newest last
+    while len(_READ_SPLITS) > _READ_SPLITS_KEPT:
+        del _READ_SPLITS[next(iter(_READ_SPLITS))]
+    return Splits(list(splits.train), list(splits.test), list(splits.classes))
+
+
+def _read_splits(data: DataConfig, classes: list[str]) -> Splits:
     return Splits(
         train=read_voc(data.root, data.train_sets, classes),
         test=read_voc(data.root, data.test_sets, classes),

@@ -289,7 +289,7 @@ def run(
     """
     out = Path(out_dir)
     latency = latency or local_latency(config.cache_dir, config.search.cpus_per_trial)
-    splits = load_splits(config.data)
+    splits = load_splits(config.data, config.cache_dir)  # parsed once per process
     # A conflicting darknet cfg or a wrong ratio count fails before the dense model trains.
     arch = dense_architecture(config, len(splits.classes))
     if config.prune.method != "none":

@@ -7,6 +7,7 @@ deterministic by taking that trial out of Ray's saved state, as the snapshot bef
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ray import cloudpickle
 
 from search.books import ray_trials, reconcile, study_storage
 from search.pareto import Ledger, TrialRecord
+from search.space import build_space
 from search.storage import Storage
 from tests.search.conftest import SMOKE, set_arguments, smoke_overrides
 from tests.search.test_search import SPACE, search
@@ -27,7 +29,7 @@ NUM_SAMPLES = 3
 
 def _books(directory: Path, storage: Storage) -> dict[str, Any]:
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{directory / 'study.db'}")
-    ledger = json.loads((directory / "trials.json").read_text())["trials"]
+    ledger = [asdict(r) for r in Ledger.load(directory).ordered()]
     return {
         "ray": list(ray_trials(storage)),
         "study": [t.user_attrs.get("ray_trial_id") for t in study.trials],
@@ -65,7 +67,7 @@ def test_a_trial_ray_never_knew_leaves_the_books_and_the_budget_is_run_in_full(
     directory = tmp_path / "smoke"
     storage = Storage(str(directory))
     before = _books(directory, storage)
-    assert before["ray"] == before["ledger"] == before["study"]
+    assert sorted(before["ray"]) == sorted(before["ledger"]) == sorted(before["study"])
 
     lost = _forget_last_trial(directory / "ray")
     code, _, err = search(["resume", str(directory)])
@@ -149,7 +151,9 @@ def test_reconcile_puts_each_study_entry_in_the_state_ray_has_its_trial(tmp_path
     ray = {"done": "TERMINATED", "again": "PENDING", "killed": "RUNNING", "ended": "ERROR",
            "twice": "TERMINATED"}  # fmt: skip
 
-    removed = reconcile(tmp_path, Storage(str(tmp_path)), config, ray)
+    removed = reconcile(
+        tmp_path, Storage(str(tmp_path)), config, build_space(config, str(SMOKE)), ray
+    )
 
     assert removed == ["unknown"]
     study = optuna.load_study(study_name="smoke", storage=study_storage(tmp_path))
@@ -161,6 +165,60 @@ def test_reconcile_puts_each_study_entry_in_the_state_ray_has_its_trial(tmp_path
     assert study.trials[1].user_attrs["interrupted"] is False
     assert study.trials[3].user_attrs["interrupted"] is True
     study.tell(study.trials[1].number, [0.7, 2.0])  # a reopened entry takes its trial's result
-    assert Ledger.load(tmp_path).records.keys() == {"done", "twice"}
-    assert [r.order for r in Ledger.load(tmp_path).records.values()] == [1, 2]
+    # "ended" is in the ledger too: from its folder, which holds nothing (FAIL)
+    ledger = Ledger.load(tmp_path)
+    assert [(r.trial_id, r.state, r.order) for r in ledger.ordered()] == [
+        ("done", "COMPLETE", 1), ("twice", "COMPLETE", 2), ("ended", "FAIL", 3)
+    ]  # fmt: skip
+    assert ledger.records["ended"].error == "failed without an error message"
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == ["trial_done"]
+
+
+def test_a_trial_ray_ended_after_the_last_copy_of_the_ledger_is_recorded_from_its_folder(
+    tmp_path: Path,
+) -> None:
+    """A remote search's lost driver copied its study and ledger before two trials ended (it
+    copies at most every search.sync_every_s): Ray's snapshot has them ended, the study RUNNING,
+    the ledger not at all. Their folders say how they ended."""
+    config = load_config(SMOKE)
+    space = build_space(config, str(SMOKE))
+    params = space.first_points(config)[1]
+    study = optuna.create_study(
+        study_name="smoke", storage=study_storage(tmp_path), directions=["maximize", "minimize"]
+    )
+    for ray_id in ("late", "broke"):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.RUNNING,
+                params=params,
+                distributions={k: FloatDistribution(0.0, 1.0) for k in params},
+                user_attrs={"ray_trial_id": ray_id},
+            )
+        )
+    late, broke = tmp_path / "ray" / "trial_late", tmp_path / "ray" / "trial_broke"
+    for folder in (late / "checkpoint_000000", late / "checkpoint_000001", broke):
+        folder.mkdir(parents=True)
+    for folder in (late, broke):
+        (folder / "params.json").write_text(json.dumps(params))
+    epoch = {"map": 0.5, "size_mb": 2.0, "finished": False, "config": params}
+    final = {**epoch, "map": 0.61, "map_voc12": 0.63, "node": "n1", "finished": True}
+    (late / "result.json").write_text(
+        "".join(json.dumps(r) + "\n" for r in (epoch, final)) + '{"map": 0.'  # cut short
+    )
+    (broke / "error.txt").write_text("Traceback (most recent call last):\nValueError: boom\n")
+
+    reconcile(
+        tmp_path, Storage(str(tmp_path)), config, space, {"late": "TERMINATED", "broke": "ERROR"}
+    )
+
+    records = Ledger.load(tmp_path).records
+    assert records["late"].state == "COMPLETE"
+    assert records["late"].metrics == {"map": 0.61, "map_voc12": 0.63, "size_mb": 2.0, "node": "n1"}
+    assert records["late"].checkpoint == "ray/trial_late/checkpoint_000001"
+    assert records["late"].row == space.row(config, params)
+    assert (records["broke"].state, records["broke"].error) == ("FAIL", "ValueError: boom")
+    study = optuna.load_study(study_name="smoke", storage=study_storage(tmp_path))
+    told = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert told["late"].state.name == "COMPLETE"
+    assert told["late"].values == [0.61, 2.0]
+    assert told["broke"].state.name == "FAIL"

@@ -2,7 +2,7 @@
 without CPUs and worker nodes, all on loopback), each node with a cache of its own: trials spread
 over the workers, the dense stage made once for the whole cluster and copied through the storage
 to nodes that never saw the driver's cache, two trials on one node's two (fake) GPUs, a node lost
-mid-trial, a killed driver resumed from the storage alone; and the cluster.yaml, validated
+mid-trial, the front refined on the workers, a killed driver resumed from the storage alone; and the cluster.yaml, validated
 offline, and the local search's listeners, on loopback only."""
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +63,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         cluster.shutdown()
 
 
+NODES: dict[str, Any] = {}  # every worker node added, by the name of its cache
+
+
 def _add_worker(cluster: Any, caches: Path, name: str, **resources: Any) -> Any:
     """A worker node whose processes see `caches/<name>` as their default cache."""
     env = {"PRUNE_SEARCH_CACHE": str(caches / name)}
     args = {"num_cpus": 1, "object_store_memory": 80 * MiB, **resources}
-    return cluster.add_node(env_vars=env, **args)
+    NODES[name] = cluster.add_node(env_vars=env, **args)
+    return NODES[name]
 
 
 def _run(cluster: dict[str, Any], storage: Path | str, name: str, *extra: str) -> Path:
@@ -167,7 +173,7 @@ def test_a_trial_whose_node_is_lost_carries_on_elsewhere_from_its_checkpoint(
 ) -> None:
     extra = (
         "search.num_samples=1", "search.known_points=[0.3]", "search.max_failures=1",
-        "finetune.epochs=16",
+        "finetune.epochs=16", "search.checkpoint_every=1",
     )  # fmt: skip
     outcome: dict[str, Any] = {}
     searching = threading.Thread(
@@ -213,11 +219,68 @@ def test_a_trial_whose_node_is_lost_carries_on_elsewhere_from_its_checkpoint(
     assert rows[-1]["map"] == reference.metrics["map"]
 
 
-def _ledger(directory: Path) -> dict[str, Any]:
-    path = directory / "trials.json"
-    return (
-        {r["trial_id"]: r for r in json.loads(path.read_text())["trials"]} if path.exists() else {}
+def test_refine_runs_on_the_workers_from_the_published_dense_stage(
+    cluster: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`refine --address`: each point's longer finetune is a task on a worker, from the dense stage
+    the search published, never one trained by the driver; a new --epochs refines afresh."""
+    driver_cache = tmp_path / "driver-cache"  # the driver's own, untouched by the other tests
+    monkeypatch.setenv("PRUNE_SEARCH_CACHE", str(driver_cache))
+    directory = _run(cluster, tmp_path, "refine", "search.num_samples=2")
+    address = cluster["cluster"].address
+    code, out, err = search(["refine", str(directory), "--address", address, "--epochs", "3"])
+    assert code == 0, err[-3000:]
+    assert not list(driver_cache.glob("**/dense/*/model.safetensors"))
+    refined = Ledger.load(directory, "refined.jsonl").records
+    (pruned,) = [r for r in refined.values() if not r.is_dense]
+    assert pruned.metrics["refine_epochs"] == 3
+    workers = {n.node_id for n in cluster["workers"].values()}
+    assert _node_of(cluster, pruned.metrics["node"]).node_id in workers
+    assert (directory / pruned.checkpoint / "model.safetensors").is_file()  # in the storage
+    # The same finetune by hand, from the published dense stage: its map, exactly.
+    config = load_config(SMOKE, [*OVERRIDES, "search.num_samples=2"])
+    config = build_space(config, str(SMOKE)).apply(config, pruned.params)
+    config = config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"workers": 0}),
+            "finetune": config.finetune.model_copy(update={"epochs": 3}),
+        }
     )
+    assert dense.fetch(Storage(str(directory)), dense.store_key(config), config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = run(config, tmp_path / "reference")
+    finally:
+        torch.set_num_threads(threads)
+    assert pruned.metrics["map"] == reference.metrics["map"]
+    # Another schedule refines afresh (no training state of the first in its way).
+    code, out, err = search(["refine", str(directory), "--address", address, "--epochs", "2"])
+    assert code == 0, err[-3000:]
+    again = Ledger.load(directory, "refined.jsonl").records[pruned.trial_id]
+    assert again.metrics["refine_epochs"] == 2
+    best = tmp_path / "best.safetensors"
+    code, out, err = search(
+        ["best", str(directory), "--front", "refined", "--pick", "smallest", "--out", str(best)]
+    )
+    assert code == 0, err
+    assert out.split(":")[0] == pruned.trial_id
+    assert count_params(load_checkpoint(best))[1] == again.metrics["nonzero_params"]
+    # A search whose storage lacks its dense stage: one line, and no dense model trained anywhere.
+    other = tmp_path / "no-dense"
+    shutil.copytree(directory, other, ignore=shutil.ignore_patterns("dense"))
+    resolved = yaml.safe_load((other / "experiment.yaml").read_text())
+    resolved["train"]["epochs"] += 1  # a dense config no node has made
+    (other / "experiment.yaml").write_text(yaml.safe_dump(resolved))
+    made = set(cluster["caches"].glob("*/dense/*/*"))
+    code, _, err = search(["refine", str(other), "--address", address, "--epochs", "4"])
+    assert code == 2
+    assert "the search's dense stage is not in its storage" in err.strip().splitlines()[-1]
+    assert set(cluster["caches"].glob("*/dense/*/*")) == made
+
+
+def _ledger(directory: Path) -> dict[str, Any]:
+    return {r.trial_id: asdict(r) for r in Ledger.load(directory).ordered()}
 
 
 def test_a_killed_driver_is_resumed_from_the_storage_alone(
@@ -248,7 +311,8 @@ def test_a_killed_driver_is_resumed_from_the_storage_alone(
         driver.wait()
     stored = Storage(f"{storage}/killed")
     assert stored.exists("study.db")
-    assert stored.exists("trials.json")
+    # the ledger may not be there yet (copied at most every search.sync_every_s): the trials Ray
+    # had ended are recorded again from their folders
 
     monkeypatch.chdir(second)  # a new driver: nothing of the first one's folder
     code, out, err = search(
@@ -301,11 +365,11 @@ def test_a_dense_config_whose_maker_is_lost_mid_training_is_made_by_a_waiter(
         time.sleep(0.05)
     assert making, "the dense stage was made before its node could be removed"
     name = making[0].relative_to(caches).parts[0]  # the maker's node, by its cache
-    cluster["cluster"].remove_node(cluster["workers"][name])
+    cluster["cluster"].remove_node(NODES[name])
     try:
         searching.join(timeout=300)
     finally:  # the later tests' two workers
-        cluster["workers"][name] = _add_worker(cluster["cluster"], caches, f"{name}-again")
+        _add_worker(cluster["cluster"], caches, f"{name}-again")
     assert not searching.is_alive()
     directory = outcome["directory"]
     ledger = Ledger.load(directory).records

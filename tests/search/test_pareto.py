@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from search.pareto import (
     FAILED,
     STOPPED,
     Ledger,
+    LiveFront,
     TrialRecord,
     budget_mask,
     dominated,
@@ -89,10 +92,100 @@ def test_a_trial_recorded_again_keeps_its_place(tmp_path: Path) -> None:
     ]
 
 
-def test_a_broken_ledger_is_one_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "trials.json").write_text("{not json")
-    with pytest.raises(InputError, match=r"trials.json: not a trial ledger"):
+def test_the_ledger_is_appended_a_line_per_finished_trial(tmp_path: Path) -> None:
+    ledger = Ledger.load(tmp_path)
+    path = tmp_path / "trials.jsonl"
+    written: list[bytes] = []
+    for number, trial_id in enumerate(["a", "b", "c", "a"], 1):  # "a" again: after a resume
+        metrics = {"map": 0.1 * number, "size_mb": 1.0}
+        ledger.record(TrialRecord(trial_id, COMPLETE, {}, {"ratio.layer01": 0.5}, metrics))
+        data = path.read_bytes()
+        assert data.count(b"\n") == number
+        assert all(data.startswith(before) for before in written)  # earlier bytes untouched
+        written.append(data)
+    reloaded = Ledger.load(tmp_path)
+    assert [(r.trial_id, r.order) for r in reloaded.ordered()] == [("a", 1), ("b", 2), ("c", 3)]
+    assert reloaded.records["a"].metrics["map"] == pytest.approx(0.4)  # the later line wins
+
+
+def test_a_line_a_killed_driver_left_incomplete_is_dropped(tmp_path: Path) -> None:
+    _ledger(tmp_path, [("a", COMPLETE, 0.5, 2.0, False), ("b", COMPLETE, 0.6, 3.0, False)])
+    path = tmp_path / "trials.jsonl"
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"trial_id": "c", "sta')
+    ledger = Ledger.load(tmp_path)
+    assert list(ledger.records) == ["a", "b"]
+    ledger.record(TrialRecord("d", COMPLETE, {}, {}, {"map": 0.7}))
+    assert path.read_bytes().startswith(whole)
+    assert [json.loads(line)["trial_id"] for line in path.read_text().splitlines()] == [
+        "a", "b", "d"
+    ]  # fmt: skip
+
+
+def test_a_ledger_of_the_one_document_format_is_read_and_replaced_at_its_first_write(
+    tmp_path: Path,
+) -> None:
+    old = [
+        {"trial_id": "a", "state": COMPLETE, "params": {}, "row": {}, "metrics": {"map": 0.5},
+         "error": "", "checkpoint": "", "order": 1},
+        {"trial_id": "b", "state": FAILED, "params": {}, "row": {}, "metrics": {},
+         "error": "boom", "checkpoint": "", "order": 2},
+    ]  # fmt: skip
+    (tmp_path / "trials.json").write_text(json.dumps({"trials": old}, indent=1))
+    ledger = Ledger.load(tmp_path)
+    assert [(r.trial_id, r.state, r.error) for r in ledger.ordered()] == [
+        ("a", COMPLETE, ""), ("b", FAILED, "boom")
+    ]  # fmt: skip
+    ledger.record(TrialRecord("c", COMPLETE, {}, {}, {"map": 0.6}))
+    assert not (tmp_path / "trials.json").exists()
+    assert [r.trial_id for r in Ledger.load(tmp_path).ordered()] == ["a", "b", "c"]
+    assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        ("trials.json", "{not json", "trials.json: not a trial ledger"),
+        ("trials.jsonl", '{"trial_id": "a"}\n', "trials.jsonl: line 1: not a trial ledger line"),
+        ("trials.jsonl", "[1, 2]\n", "trials.jsonl: line 1: not a trial ledger line"),
+    ],
+)
+def test_a_broken_ledger_is_one_clear_error(
+    tmp_path: Path, name: str, text: str, problem: str
+) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(InputError, match=problem):
         Ledger.load(tmp_path)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_live_front_is_the_whole_ledgers_front(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    ledger = Ledger(tmp_path)
+    live = LiveFront(ledger, ["ratio.layer01"], "size_mb")
+    ids = [f"t{i}" for i in range(60)]
+    for number, trial_id in enumerate(ids):
+        again = number > 5 and rng.random() < 0.1  # a trial that finishes again (a resume)
+        state = rng.choice([COMPLETE] * 6 + [FAILED, STOPPED])
+        metrics = {"map": round(rng.random(), 2), "size_mb": rng.choice([1.0, 2.0, 3.0, 9.0])}
+        if state == FAILED and rng.random() < 0.5:
+            metrics = {}
+        dense = rng.random() < 0.05
+        record = TrialRecord(
+            rng.choice(ids[:number]) if again else trial_id,
+            state, {}, {"ratio.layer01": 0.0 if dense else 0.5}, metrics,
+        )  # fmt: skip
+        ledger.record(record)
+        kept = live.add(record)
+        whole = pareto_front(trials_table(ledger, ["ratio.layer01"]), "size_mb")
+        assert sorted(kept.points["trial_id"]) == sorted(whole.points["trial_id"])
+        assert kept.reference_cost == whole.reference_cost
+        assert kept.hypervolume == pytest.approx(whole.hypervolume)
+        assert kept.normalised_hypervolume == pytest.approx(whole.normalised_hypervolume)
+        assert dict(live.counts) == whole.table["state"].value_counts().to_dict()
+    fresh = TrialRecord("fresh", COMPLETE, {}, {"ratio.layer01": 0.5}, {"map": 0.5, "size_mb": 2.0})
+    ledger.record(fresh)
+    assert len(live.add(fresh).table) < len(ledger.records) // 2  # a few points, not every trial
 
 
 def test_budgets_are_floors_for_map_and_ceilings_for_costs(tmp_path: Path) -> None:

@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
 import pandas as pd
 
 from search.books import ray_trials
+from search.pareto import Ledger
 from search.storage import Storage
 from tests.search.conftest import SMOKE, set_arguments, smoke_overrides
 from tests.search.test_search import SPACE, _front_by_hand, search
@@ -23,10 +25,7 @@ NUM_SAMPLES = 6
 
 
 def _records(directory: Path) -> dict[str, dict]:  # type: ignore[type-arg]
-    path = directory / "trials.json"
-    if not path.exists():
-        return {}
-    return {r["trial_id"]: r for r in json.loads(path.read_text())["trials"]}
+    return {r.trial_id: asdict(r) for r in Ledger.load(directory).ordered()}
 
 
 def _group_alive(group: int) -> list[int]:

@@ -60,9 +60,12 @@ def test_the_study_is_pushed_consistent_while_open_and_pulled_by_a_new_driver(
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, values=[0.5]))
     (driver / "experiment.yaml").write_text("name: s\n")
     storage = Storage(f"file://{tmp_path / 'store' / 's'}")
-    push(driver, storage, DRIVER_FILES)  # the ledger is not there yet: skipped
+    pushed = push(driver, storage, DRIVER_FILES)  # the ledger is not there yet: skipped
     assert storage.exists(STUDY_FILE)
-    assert not storage.exists("trials.json")
+    assert not storage.exists("trials.jsonl")
+    assert pushed == sum(  # the bytes copied: the study's consistent copy has the file's size
+        (driver / name).stat().st_size for name in ("experiment.yaml", STUDY_FILE)
+    )
     fresh = tmp_path / "new-driver"
     pull(storage, fresh, DRIVER_FILES)
     assert sorted(p.name for p in fresh.iterdir()) == ["experiment.yaml", STUDY_FILE]
@@ -70,7 +73,7 @@ def test_the_study_is_pushed_consistent_while_open_and_pulled_by_a_new_driver(
         assert copy.execute("pragma integrity_check").fetchone() == ("ok",)
     again = optuna.load_study(study_name="s", storage=f"sqlite:///{fresh / STUDY_FILE}")
     assert [t.values for t in again.trials] == [[0.5]]
-    push(driver, Storage(str(driver)), DRIVER_FILES)  # a local storage is the folder itself
+    assert push(driver, Storage(str(driver)), DRIVER_FILES) == 0  # a local storage: the folder
 
 
 def test_a_node_uses_its_own_cache_and_the_store_key_of_the_driver(

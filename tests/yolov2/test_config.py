@@ -213,6 +213,8 @@ def test_override_replaces_a_file_value_and_keeps_the_rest(tmp_path: Path) -> No
         ("", ["model.anchors=[[1,0]]"], "model.anchors", "positive (w, h)"),
         ("", ["search.num_samples=0"], "search.num_samples", "greater than or equal to 1"),
         ("", ["search.sampler=grid"], "search.sampler", "'tpe', 'nsga2', 'gp' or 'random'"),
+        ("", ["search.sync_every_s=-1"], "search.sync_every_s", "greater than or equal to 0"),
+        ("", ["search.checkpoint_every=0"], "search.checkpoint_every", "greater than or equal"),
         ("", ["search.cost=params"], "search.cost", "'size_mb', 'gflops' or 'latency_ms'"),
         ("", ["search.known_points=[1.0]"], "search.known_points.0", "less than 1"),
         ("", ["search.space={}"], "search.space", "the search space is empty"),
@@ -589,6 +591,38 @@ SHAPING_FIELDS = {
         "iterations",
     },
 }
+
+
+# The search section is a run-time knob as a whole (RUNTIME_KNOBS[ExperimentConfig]): its fields,
+# listed so that a new one is a decision too.
+SEARCH_FIELDS = {
+    "num_samples",
+    "sampler",
+    "seed",
+    "cost",
+    "max_concurrent",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "max_failures",
+    "placement_timeout",
+    "sync_every_s",
+    "checkpoint_every",
+    "known_points",
+    "early_stop",
+    "warm_start",
+    "warm_start_budgets",
+    "known_at",
+    "space",
+}
+
+
+def test_the_search_section_is_a_run_time_knob_with_the_fields_listed() -> None:
+    from yolov2 import config as config_module
+
+    assert "search" in config_module.RUNTIME_KNOBS[config_module.ExperimentConfig]
+    assert set(config_module.SearchConfig.model_fields) == SEARCH_FIELDS
+    search = config_module.SearchConfig()
+    assert (search.sync_every_s, search.checkpoint_every) == (60.0, 3)
 
 
 @pytest.mark.parametrize("name", sorted(SHAPING_FIELDS))

@@ -74,6 +74,23 @@ def test_a_non_finite_loss_names_epoch_and_step(tmp_path: Path) -> None:
         _fit(config, tmp_path / "run")
 
 
+def test_a_data_set_is_parsed_once_per_process_until_its_annotations_change(
+    tmp_path: Path,
+) -> None:
+    config = smoke_config(tmp_path)
+    first = load_splits(config.data, config.cache_dir)
+    again = load_splits(config.data, config.cache_dir)  # a warm worker's next trial
+    assert again.train[0] is first.train[0]  # the same parsed annotations, not read again
+    assert again.train is not first.train  # a list of its own, free to reorder
+    assert load_splits(config.data).train[0] is not first.train[0]  # no cache: always read
+    # An annotation edited in place (its size changes): the data set is read again.
+    xml = tmp_path / "VOCdevkit" / "VOC2007" / "Annotations" / f"{first.train[0].image_id}.xml"
+    xml.write_text(xml.read_text().replace("<difficult>0</difficult>", "<difficult>1</difficult> "))
+    edited = load_splits(config.data, config.cache_dir)
+    assert edited.train[0] is not first.train[0]
+    assert edited.train[0].difficult.all()
+
+
 def test_a_missing_data_folder_is_one_clear_error(tmp_path: Path) -> None:
     config = load_config(SMOKE, [f"data.root={tmp_path}/nowhere", "data.synthetic=null"])
     with pytest.raises(InputError, match="nowhere: data folder not found"):
