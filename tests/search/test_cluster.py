@@ -83,6 +83,18 @@ def _run(cluster: dict[str, Any], storage: Path | str, name: str, *extra: str) -
     return Path(str(storage).removeprefix("file://")) / name
 
 
+def _by_hand(config: Any, directory: Path, out: Path) -> dict[str, Any]:
+    """The metrics of `config` run here by `pipeline.run`, one thread, on the dense stage the
+    search at `directory` published: what a trial or a refined point must reproduce exactly."""
+    assert dense.fetch(Storage(str(directory)), dense.store_key(config), config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(config, out).metrics
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _results(trial_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
 
@@ -209,14 +221,8 @@ def test_a_trial_whose_node_is_lost_carries_on_elsewhere_from_its_checkpoint(
     space = build_space(config, str(SMOKE))
     config = space.apply(config, json.loads((trial_dir / "params.json").read_text()))
     config = config.model_copy(update={"data": config.data.model_copy(update={"workers": 0})})
-    dense.fetch(Storage(str(directory)), dense.store_key(config), config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        reference = run(config, tmp_path / "reference")
-    finally:
-        torch.set_num_threads(threads)
-    assert rows[-1]["map"] == reference.metrics["map"]
+    reference = _by_hand(config, directory, tmp_path / "reference")
+    assert rows[-1]["map"] == reference["map"]
 
 
 def test_refine_runs_on_the_workers_from_the_published_dense_stage(
@@ -246,14 +252,8 @@ def test_refine_runs_on_the_workers_from_the_published_dense_stage(
             "finetune": config.finetune.model_copy(update={"epochs": 3}),
         }
     )
-    assert dense.fetch(Storage(str(directory)), dense.store_key(config), config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        reference = run(config, tmp_path / "reference")
-    finally:
-        torch.set_num_threads(threads)
-    assert pruned.metrics["map"] == reference.metrics["map"]
+    reference = _by_hand(config, directory, tmp_path / "reference")
+    assert pruned.metrics["map"] == reference["map"]
     # Another schedule refines afresh (no training state of the first in its way).
     code, out, err = search(["refine", str(directory), "--address", address, "--epochs", "2"])
     assert code == 0, err[-3000:]
