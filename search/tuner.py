@@ -30,8 +30,8 @@ from search.cluster import check_resources, connect
 from search.devices import check_device
 from search.early_stop import make_scheduler
 from search.pareto import Front, Ledger, pareto_front, trials_table
-from search.reporting import SearchViews, TrialCurves, write_front
-from search.space import Space, build_space, is_finite, sample
+from search.reporting import SearchViews, TrialCurves, judged, write_front
+from search.space import Space, build_space, sample
 from search.storage import (
     DRIVER_FILES,
     EXPERIMENT_FILE,
@@ -41,7 +41,7 @@ from search.storage import (
     pull,
     push,
 )
-from search.trainable import FINISHED, RAY_DIR, run_trial
+from search.trainable import RAY_DIR, run_trial
 from yolov2.config import ExperimentConfig, SearchConfig, default_cache, load_config
 from yolov2.errors import InputError
 from yolov2.files import atomic_path, write_text_atomic
@@ -478,12 +478,10 @@ class FrontSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or study is None:
             return
         State = optuna.trial.TrialState
-        values = [(result or {}).get(metric) for metric in list(self._metric or [])]
-        state = State.COMPLETE
-        if error or not all(is_finite(v) for v in values):
-            state = State.FAIL
-        elif not (result or {}).get(FINISHED):
-            state = State.PRUNED
+        metrics = list(self._metric or [])
+        values = [(result or {}).get(metric) for metric in metrics]
+        # The ledger's judgement of the same report (its state names are Optuna's).
+        state = State.FAIL if error else State[judged(result or {}, metrics[-1])[0]]
         told = [float(v) for v in values if v is not None] if state == State.COMPLETE else None
         # The study's entries of this Ray trial, found by the id `suggest` recorded (numbers
         # differ between a lost driver's study and the copy a new driver resumed from).
