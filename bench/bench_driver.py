@@ -12,17 +12,23 @@ finite) and 3% are stopped early.
 
 Side by side, the same driver with `search.sync_every_s: 0`: the views and the copy at every
 trial event, as before they were throttled, for the first `--every-event-trials` trials (200 by
-default: its cost grows with the trials already finished).
+default: its cost grows with the trials already finished). And the same driver with slow trials
+on a simulated clock: one finishes every `--slow-trial-s` seconds (300 by default, five times the
+default `search.sync_every_s`), where a copy at every finish would make the bytes grow as trials
+squared; once into a storage that appends (the ledger's new lines alone, as `file://` and HDFS
+take them), once into one whose objects are written whole (as S3 and GCS: every file copied whole).
 
 Time per trial is the median of the 10 trials ending at each mark (a throttled refresh of the
 views lands on one trial in a few hundred), and of it SearchViews' part (the ledger, the front, the
 progress line, the views, the copies; the rest is the study's: Optuna's SQLite commits); the mean
-over the run, refreshes included, is printed beside it. The bytes of a search of n trials are those copied while its n trials finished plus
-the copy every fit ends with (taken at each mark into a storage of its own). Targets: the time per
-trial at the last mark at most 2x that at trial 10, the same for SearchViews' part, and the bytes
-per trial at the last mark at most 2x those at trial 10 (bytes linear in trials).
+over the run, refreshes included, is printed beside it. The bytes of a search of n trials are
+those copied while its n trials finished plus the copy every fit ends with (taken at each mark
+into a storage of its own). Targets: the time per trial at the last mark at most 2x that at trial
+10, the same for SearchViews' part, and, for each throttled driver (fast trials or slow), the
+bytes per trial at the last mark at most 2x those at trial 100 (bytes linear in trials).
 
-    python bench/bench_driver.py [--trials 1000] [--every-event-trials 200] [--quick]
+    python bench/bench_driver.py [--trials 1000] [--every-event-trials 200] [--slow-trial-s 300]
+                                 [--quick]
 """
 
 from __future__ import annotations
@@ -102,15 +108,25 @@ def fabricated(rng: random.Random, trial_id: str, cost: str) -> dict[str, Any]:
     return result
 
 
-def drive(trials: int, sync_every_s: float | None, label: str, scratch: Path) -> Run:
-    """`trials` finished trials through a new search's driver objects in `scratch`."""
+def drive(
+    trials: int,
+    sync_every_s: float | None,
+    label: str,
+    scratch: Path,
+    *,
+    trial_s: float | None = None,
+    appends: bool = True,
+) -> Run:
+    """`trials` finished trials through a new search's driver objects in `scratch`; with
+    `trial_s`, on a simulated clock where each trial takes that long (else the real clock);
+    without `appends`, into a storage that writes its files whole."""
     import optuna
-    from ray.tune.experiment import Trial
 
+    from search import storage as stored
     from search.books import study_storage
     from search.reporting import SearchViews
     from search.space import build_space, sample
-    from search.storage import DRIVER_FILES, EXPERIMENT_FILE, Storage, push
+    from search.storage import EXPERIMENT_FILE, Storage
     from search.tuner import FrontSearch
     from yolov2.config import load_config
 
@@ -132,9 +148,41 @@ def drive(trials: int, sync_every_s: float | None, label: str, scratch: Path) ->
         storage=study_storage(directory),
         search_storage=storage.root,
     )
-    views = SearchViews(config, space, storage.root)
+    now = [0.0]
+    clock = time.monotonic if trial_s is None else (lambda: now[0])
+    views = SearchViews(config, space, storage.root, clock=clock)
+    appending = stored.APPENDING_FILESYSTEMS
+    if not appends:
+        stored.APPENDING_FILESYSTEMS = ()
+    try:
+        return _fed(
+            trials, searcher, views, Run(label), storage=storage, scratch=scratch, cost=cost,
+            clock=(now, trial_s or 0.0),
+        )  # fmt: skip
+    finally:
+        stored.APPENDING_FILESYSTEMS = appending
+
+
+def _fed(
+    trials: int,
+    searcher: Any,
+    views: Any,
+    run: Run,
+    *,
+    storage: Any,
+    scratch: Path,
+    cost: str,
+    clock: tuple[list[float], float],
+) -> Run:
+    """The trials, one after another, through `searcher` (FrontSearch) and `views` (SearchViews);
+    `clock`: the simulated clock and the seconds each trial runs on it."""
+    from ray.tune.experiment import Trial
+
+    from search.storage import DRIVER_FILES, Storage, push
+
+    now, trial_s = clock
+    directory = storage.driver_folder()
     rng = random.Random(0)
-    run = Run(label)
     everyone: list[Trial] = []
     marks = [m for m in MARKS if m < trials] + [trials]
     for number in range(1, trials + 1):
@@ -148,6 +196,7 @@ def drive(trials: int, sync_every_s: float | None, label: str, scratch: Path) ->
         views.on_trial_start(number, everyone, trial)
         views.on_step_end(number, everyone)
         viewing = time.perf_counter() - started
+        now[0] += trial_s  # the trial runs
         result = fabricated(rng, trial_id, cost)
         trial.update_last_result(result)
         searcher.on_trial_complete(trial_id, result)
@@ -184,21 +233,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--every-event-trials", type=int, default=200)
+    parser.add_argument("--slow-trial-s", type=float, default=300.0,
+                        help="simulated seconds between slow trials' ends")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="200 trials, 100 at every event")
     args = parser.parse_args()
     trials, every_event = (200, 100) if args.quick else (args.trials, args.every_event_trials)
     if trials < WINDOW + 1:
         parser.error(f"--trials: at least {WINDOW + 1}")
     with tempfile.TemporaryDirectory(prefix="bench-driver-") as scratch:
-        folders = Path(scratch, "throttled"), Path(scratch, "every-event")
+        folders = [Path(scratch, n) for n in ("throttled", "every-event", "slow", "slow-whole")]
         for folder in folders:
             folder.mkdir()
         with inside(folders[0]):
             throttled = drive(trials, None, "search.sync_every_s default (60 s)", folders[0])
         with inside(folders[1]):
             eager = drive(min(every_event, trials), 0, "search.sync_every_s 0", folders[1])
-    report(throttled)
-    report(eager)
+        slow_label = f"one trial ends every {args.slow_trial_s:g} s (simulated), 60 s default"
+        with inside(folders[2]):
+            slow = drive(trials, None, f"{slow_label}, appending storage", folders[2],
+                         trial_s=args.slow_trial_s)  # fmt: skip
+        with inside(folders[3]):
+            whole = drive(trials, None, f"{slow_label}, objects written whole", folders[3],
+                          trial_s=args.slow_trial_s, appends=False)  # fmt: skip
+    for run in (throttled, eager, slow, whole):
+        report(run)
     for mark in sorted(set(throttled.pushed) & set(eager.pushed)):
         time_x = eager.per_trial_ms(mark) / throttled.per_trial_ms(mark)
         views_x = eager.per_trial_ms(mark, "views_s") / throttled.per_trial_ms(mark, "views_s")
@@ -206,21 +264,22 @@ def main() -> None:
         print(f"at {mark} trials, every event over throttled: {time_x:.1f}x the time per trial "
               f"({views_x:.1f}x SearchViews' part), {bytes_x:.1f}x the bytes")  # fmt: skip
     first, last = min(throttled.pushed), max(throttled.pushed)
+    middle = sorted(throttled.pushed)[-2]  # trial 100 of 1,000
     growth = {
-        "time per trial": throttled.per_trial_ms(last) / throttled.per_trial_ms(first),
-        "SearchViews' time per trial": (
+        f"time per trial at {last} over at {first}": (
+            throttled.per_trial_ms(last) / throttled.per_trial_ms(first)
+        ),
+        f"SearchViews' time per trial at {last} over at {first}": (
             throttled.per_trial_ms(last, "views_s") / throttled.per_trial_ms(first, "views_s")
         ),
-        "bytes per trial": throttled.per_trial_bytes(last) / throttled.per_trial_bytes(first),
+        **{
+            f"bytes per trial at {last} over at {middle}, {name}": (
+                run.per_trial_bytes(last) / run.per_trial_bytes(middle)
+            )
+            for name, run in (("fast", throttled), ("slow", slow), ("slow, whole", whole))
+        },
     }
-    raise SystemExit(
-        check(
-            [
-                Target(f"{name} at {last} over at {first}", value, "<=", 2.0, "x")
-                for name, value in growth.items()
-            ]
-        )
-    )
+    raise SystemExit(check([Target(name, value, "<=", 2.0, "x") for name, value in growth.items()]))
 
 
 if __name__ == "__main__":

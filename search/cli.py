@@ -131,7 +131,7 @@ def cmd_make_data(args: argparse.Namespace) -> int:
     from yolov2.data import make_synthetic_voc
 
     root = make_synthetic_voc(
-        args.out, num_trainval=args.trainval, num_test=args.test, seed=args.seed
+        args.out, num_trainval=args.trainval, num_val=args.val, num_test=args.test, seed=args.seed
     )
     log.info("synthetic VOCdevkit ready at %s", root)
     return 0
@@ -486,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("make-data", help="write the synthetic VOC-format data set")
     p.add_argument("--out", type=Path, required=True, help="folder for the VOCdevkit tree")
     p.add_argument("--trainval", type=int, default=1600, help="images in trainval")
+    p.add_argument(
+        "--val",
+        type=int,
+        default=None,
+        help="trainval's last images that form val (default: every other trainval image)",
+    )
     p.add_argument("--test", type=int, default=400, help="images in test")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_make_data)

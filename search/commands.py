@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shutil
 import sys
 import tempfile
@@ -100,11 +101,14 @@ def _conclude(outcome: Outcome) -> int:
 
 
 def _summary(front: Front) -> str:
+    from search.pareto import selection_split
+
     table = front.table
     states = table["state"].value_counts().to_dict()
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     return (
-        f"{len(table)} trials ({counts or 'none finished'}); Pareto front of map against "
+        f"{len(table)} trials ({counts or 'none finished'}); Pareto front of map on "
+        f"{selection_split(table)} against "
         f"{front.cost}: {len(front.points)} points, hypervolume {front.hypervolume:.4g} "
         f"({front.normalised_hypervolume:.3f} of the dense model's map x {front.cost}, reference "
         f"point map 0, {front.cost} {front.reference_cost:.4g})"
@@ -152,12 +156,14 @@ def add_pareto(commands: Any) -> None:
 
 def _front(directory: Path, cost: str | None, which: str = "searched") -> Front:
     from search.pareto import Ledger, pareto_front, trials_table
-    from search.refine import REFINED_LEDGER
+    from search.refine import REFINED_LEDGER, refined_ledger
     from search.storage import LEDGER_FILE
-    from search.tuner import load_experiment
+    from search.tuner import load_experiment, locate
 
     config, space = load_experiment(directory)
     name = REFINED_LEDGER if which == "refined" else LEDGER_FILE
+    if which == "refined":  # from the storage, where refine put it, when this folder lacks it
+        refined_ledger(directory, locate(str(directory))[1])
     if not (directory / name).is_file() and which == "refined":
         raise InputError(f"{directory}: no refined front yet; `prune-search refine {directory}`")
     ledger = Ledger.load(directory, name)
@@ -205,10 +211,22 @@ def cmd_best(args: argparse.Namespace) -> int:
         row = chosen.iloc[knee(chosen["map"], chosen[front.cost])]
     _copy_checkpoint(directory, row, args.out)
     print(
-        f"{row['trial_id']}: map {row['map']:.4f} (VOC07), {row['size_mb']:.4g} MB, "
+        f"{row['trial_id']}: {_maps_text(front, row)}, {row['size_mb']:.4g} MB, "
         f"{row['gflops']:.4g} GFLOPs, {row['latency_ms']:.4g} ms -> {args.out}"
     )
     return 0
+
+
+def _maps_text(front: Front, row: Any) -> str:
+    """`map 0.81 on val, 0.79 on test (VOC07)`: the map it was chosen by, and the one to report."""
+    from search.pareto import selection_split
+
+    split = selection_split(front.table)
+    if split == "test":
+        return f"map {row['map']:.4f} on test (VOC07; selected on test: no validation split)"
+    test = row["test_map"]
+    tested = f"{test:.4f} on test" if math.isfinite(test) else "test map not measured yet"
+    return f"map {row['map']:.4f} on val, {tested} (VOC07)"
 
 
 def _budget_text(budgets: dict[str, float]) -> str:

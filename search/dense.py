@@ -11,8 +11,8 @@ and published for the others the moment it exists. Which trial makes a dense con
 a small Ray actor (`Claims`), the lock across nodes; a trial waiting on another's polls the store
 and says what it waits for. The maker beats a heartbeat into the claim while it trains: a claim
 whose heartbeat stops (its node lost, its process killed, its trial waiting to be retried) is
-taken over by a waiter, and the driver releases the claims of every trial that ends, so a waiter
-never waits on something that cannot happen.
+taken over by a waiter, and the driver releases the claims of every trial that ends or waits to
+be retried (its node lost), so a waiter never waits on something that cannot happen.
 
 The key is the pipeline's dense key as each node resolves it (`dense_key_here`): generated data is
 known by its recipe and real data by its content (not where a node keeps either), so every node's

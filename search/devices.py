@@ -13,6 +13,7 @@ holds the precision a device trains in) is the trials' own.
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +54,17 @@ def worker_gpu_ids() -> list[str] | None:
     if not ray.is_initialized() or global_worker.mode != WORKER_MODE:
         return None
     return [str(gpu) for gpu in ray.get_gpu_ids()]
+
+
+def ray_placement() -> dict[str, str]:
+    """Where this Ray worker (a trial, or a task with a trial's resources) really runs: `node`
+    (host and Ray node id, unique on a cluster even where hosts share a name), and the GPU ids
+    Ray gave it (`gpu_ids`, empty on CPUs)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+    return {"node": f"{socket.gethostname()}:{node_id[:8]}", "gpu_ids": gpus}
 
 
 def on_ray_device(config: ExperimentConfig) -> ExperimentConfig:

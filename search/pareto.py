@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 COSTS = ("size_mb", "gflops", "latency_ms")
 COST_UNITS = {"size_mb": "MB", "gflops": "GFLOPs", "latency_ms": "ms"}
 METRICS = METRIC_NAMES  # what every trial reports last, in the order tables show them
-PLACEMENT = ("node", "device", "gpu_ids")  # where a trial ran: host:Ray node, torch device, GPUs
+# Where a trial ran (host:Ray node, torch device, GPUs) and which split its `map` is on: val, or
+# test where the experiment has no validation split (then test_map is `map` itself).
+PLACEMENT = ("node", "device", "gpu_ids", "map_split")
 COMPLETE, FAILED, STOPPED = "COMPLETE", "FAIL", "PRUNED"
 
 log = logging.getLogger("prune-search")
@@ -318,15 +320,27 @@ def dense_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["dense"].astype(bool)]
 
 
+def selection_split(table: pd.DataFrame) -> str:
+    """The split the trials' `map` is on: val, or test (no validation split, or a search from
+    before validation splits, whose trials recorded none)."""
+    splits = {value for value in table.get("map_split", []) if value}
+    return "val" if splits == {"val"} else "test"
+
+
 def format_table(front: Front, rows: pd.DataFrame | None = None) -> str:
-    """The front (or `rows`) as an aligned text table: id, map, the costs, sparsity, the knee."""
+    """The front (or `rows`) as an aligned text table: id, map (on val, and on test where the
+    search selected on val), the costs, sparsity, the knee."""
     shown = front.points if rows is None else rows
     knee_id = knee_trial(front)
-    columns = ["trial_id", "map", "map_voc12", *COSTS, "sparsity", "params"]
+    split = selection_split(front.table)
+    maps = {f"{split} map": "map", f"{split} voc12": "map_voc12"}
+    if split == "val":
+        maps["test map"] = "test_map"
+    columns = ["trial_id", *maps, *COSTS, "sparsity", "params"]
     lines = ["  ".join(f"{c:>12s}" for c in columns)]
     for _, row in shown.iterrows():
         cells = [f"{row['trial_id']:>12s}"]
-        cells += [f"{row[c]:>12.4f}" for c in ("map", "map_voc12", *COSTS, "sparsity")]
+        cells += [f"{row[c]:>12.4f}" for c in (*maps.values(), *COSTS, "sparsity")]
         cells.append(f"{int(row['params']):>12,d}")
         mark = "  <- knee" if row["trial_id"] == knee_id else ""
         lines.append("  ".join(cells) + mark)

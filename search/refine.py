@@ -31,11 +31,12 @@ from typing import Any
 import torch
 
 from search import dense
+from search.devices import ray_placement
 from search.pareto import COMPLETE, Front, Ledger, TrialRecord, pareto_front, trials_table
 from search.reporting import VIEWS_DIR, FrontViews, write_front
 from search.space import Space
-from search.storage import Storage
-from search.trainable import FINISHED, _placement, trial_resources
+from search.storage import Storage, push
+from search.trainable import FINISHED, trial_resources
 from yolov2.config import ExperimentConfig, default_cache
 from yolov2.errors import InputError
 from yolov2.latency import (
@@ -75,7 +76,7 @@ def refine(
     ledger = Ledger.load(directory)
     searched = pareto_front(trials_table(ledger, space.columns), cost)
     epochs = epochs or 3 * config.finetune.epochs
-    refined = Ledger.load(directory, REFINED_LEDGER)
+    refined = refined_ledger(directory, storage)
     pending: list[TrialRecord] = []
     for trial_id in searched.points["trial_id"]:
         record = ledger.records[trial_id]
@@ -88,7 +89,10 @@ def refine(
             pending.append(record)
             if storage.remote:  # an older refine's copy here would shadow the storage's
                 shutil.rmtree(directory / REFINED_DIR / trial_id, ignore_errors=True)
-    with contextlib.closing(FrontViews(directory, space.columns, REFINED_VIEWS)) as views:
+    with (
+        contextlib.closing(FrontViews(directory, space.columns, REFINED_VIEWS)) as views,
+        _pushed_at_the_end(directory, storage),
+    ):
         for record, metrics in _refined(
             config, space, storage, pending, epochs=epochs, timings=timings, address=address
         ):
@@ -107,6 +111,24 @@ def refine(
     front = pareto_front(trials_table(refined, space.columns), cost)
     write_front(front, directory / REFINED_CSV, directory / REFINED_PNG)
     return searched, front
+
+
+def refined_ledger(directory: Path, storage: Storage) -> Ledger:
+    """The refined points of the search in `directory`: from its remote storage when this driver's
+    folder has none (a refine run by another driver, or this one's folder new)."""
+    if storage.remote and not (directory / REFINED_LEDGER).is_file():
+        storage.download(REFINED_LEDGER, directory / REFINED_LEDGER)
+    return Ledger.load(directory, REFINED_LEDGER)
+
+
+@contextlib.contextmanager
+def _pushed_at_the_end(directory: Path, storage: Storage) -> Iterator[None]:
+    """refined.jsonl into a remote storage when refine ends, however it ends (an interrupted
+    refine keeps the points it finished): `pareto` and `best` read it from there."""
+    try:
+        yield
+    finally:
+        push(directory, storage, (REFINED_LEDGER,))
 
 
 def _refined(
@@ -195,4 +217,4 @@ def refine_point(
         storage.delete_folder(f"{REFINED_DIR}/{trial_id}")  # an earlier refine's, whatever it held
         for name in RESULT_FILES:
             storage.upload(out / name, f"{REFINED_DIR}/{trial_id}/{name}")
-        return {**result.metrics, **_placement(), "trial_id": trial_id}, known.read_text()
+        return {**result.metrics, **ray_placement(), "trial_id": trial_id}, known.read_text()

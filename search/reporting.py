@@ -36,12 +36,14 @@ from search.pareto import (
     TrialRecord,
     dense_rows,
     pareto_front,
+    selection_split,
     trials_table,
 )
 from search.space import Space, is_finite
-from search.storage import DRIVER_FILES, Storage, push
+from search.storage import DRIVER_FILES, Pusher, Storage
 from search.trainable import FINISHED
 from yolov2.config import ExperimentConfig
+from yolov2.pipeline import TEST_METRICS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -82,11 +84,11 @@ class _Running:
     live: LiveFront
     views: FrontViews
     sync: Every
+    pusher: Pusher
     refresh: Every
     unviewed: list[TrialRecord] = field(default_factory=list)  # hparams not written yet
     stale: bool = False  # the front views lag the ledger
     unsynced: bool = False  # the storage's copy lags the driver's files
-    pushed_bytes: int = 0
 
 
 class SearchViews(Callback):
@@ -127,6 +129,7 @@ class SearchViews(Callback):
                 live=LiveFront(ledger, self.space.columns, self.config.search.cost),
                 views=FrontViews(self.directory, self.space.columns),
                 sync=Every(every, self.clock),
+                pusher=Pusher(self.directory, Storage(self.storage), every, self.clock),
                 refresh=Every(every, self.clock),
             )
         return self._running
@@ -138,7 +141,7 @@ class SearchViews(Callback):
     @property
     def pushed_bytes(self) -> int:
         """Bytes this driver has copied into the storage (0 for a local folder)."""
-        return self.running.pushed_bytes
+        return self.running.pusher.pushed_bytes
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -159,6 +162,14 @@ class SearchViews(Callback):
         local = Path(trial.error_file) if trial.error_file else None  # before Ray syncs it
         trace = local.read_text() if local is not None and local.is_file() else trial.get_error()
         self._finish(trials, trial, FAILED, error_line(trace))
+
+    def on_trial_recover(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        """A trial whose process failed (its node lost, say) waits to be retried: the dense config
+        it was making is free at once, for a waiter, not only once its heartbeat goes stale."""
+        if self.space.touches_dense:
+            dense.release(self.config.name, trial.trial_id)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         self._catch_up()  # what came due since the last trial event
@@ -201,9 +212,8 @@ class SearchViews(Callback):
             return
         if running.stale and running.refresh.due():
             self._refresh()
-        if running.unsynced and running.sync.due():
-            running.unsynced = False
-            running.pushed_bytes += push(self.directory, Storage(self.storage), DRIVER_FILES)
+        if running.unsynced and running.sync.due():  # a file that must wait lags until then
+            running.unsynced = not running.pusher.push(DRIVER_FILES)
 
     def _refresh(self) -> None:
         """The hparams of the trials finished since the last refresh, and the whole front."""
@@ -291,6 +301,15 @@ class FrontViews:
             for summary in hparams_summaries(record, self.columns):
                 writer.file_writer.add_summary(summary)
 
+    def test_maps(self, record: TrialRecord) -> None:
+        """A trial's test maps, measured after its hparams were written, into its run: the hparams
+        table shows them in its `trial/test_map` columns."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(self.folder / "trials" / record.trial_id)) as writer:
+            for name in TEST_METRICS:
+                writer.add_scalar(f"trial/{name}", float(record.metrics[name]), 1)  # after step 0's
+
     def front(self, front: Front) -> None:
         """The front's scalars and figure at its number of finished trials."""
         from torch.utils.tensorboard import SummaryWriter
@@ -353,9 +372,14 @@ def front_figure(front: Front) -> Figure:
     dense = dense_rows(done)
     if len(dense):
         axes.scatter(dense[cost], dense["map"], marker="*", s=160, color="tab:red", label="dense")
+    split = selection_split(table)
+    tested = points[points["test_map"].notna()] if split == "val" else points.iloc[:0]
+    if len(tested):  # the front's models on the test split, measured after the search chose them
+        axes.plot(tested[cost], tested["test_map"], "--o", color="tab:green", ms=5, mfc="none",
+                  label="the front on test")  # fmt: skip
     failed = int((table["state"] != COMPLETE).sum())
     axes.set_xlabel(f"{cost} ({COST_UNITS[cost]})")
-    axes.set_ylabel("map (VOC07 11-point, IoU 0.5)")
+    axes.set_ylabel(f"map on {split} (VOC07 11-point, IoU 0.5)")
     axes.set_title(f"{len(done)} completed trials, {failed} failed or stopped")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")

@@ -222,7 +222,23 @@ def build_space(config: ExperimentConfig, source: str) -> Space:
     _check_known_at(config, space, f"{source}: search.known_at")
     if config.search.warm_start == "sensitivity":
         _check_warm_start(config, space, f"{source}: search.warm_start")
+    if config.search.screen is not None:
+        _check_screen(config, space, f"{source}: search.screen")
     return space
+
+
+def _check_screen(config: ExperimentConfig, space: Space, where: str) -> None:
+    """The screen prunes the experiment's one dense model along the searched ratios, spread by
+    the GFLOPs that filter pruning removes."""
+    if space.ratios is None:
+        raise InputError(f"{where}: screening draws {RATIOS}; search it in search.space")
+    if config.prune.method != "filter":
+        raise InputError(f"{where}: candidates are spread by the GFLOPs filter pruning removes; "
+                         f"prune.method is {config.prune.method}")  # fmt: skip
+    if space.touches_dense:
+        keys = ", ".join(k for k, _ in space.entries if k.split(".")[0] in DENSE_SECTIONS)
+        raise InputError(f"{where}: candidates are pruned from the experiment's one dense model, "
+                         f"but search.space changes the dense stage ({keys})")  # fmt: skip
 
 
 def _checked_ratios(searched: Searched, where: str) -> Searched:

@@ -11,7 +11,9 @@ itself, where every node reaches them.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +31,13 @@ OLD_LEDGER_FILE = "trials.json"  # the ledger as one JSON document, read until r
 # What the driver keeps and copies into a remote storage (the old ledger, only while a search
 # begun before the JSON-lines ledger still has it).
 DRIVER_FILES = (EXPERIMENT_FILE, STUDY_FILE, LEDGER_FILE, OLD_LEDGER_FILE)
+# Files the driver only appends to (JSON-lines ledgers): a storage that can append gets their new
+# lines alone. pyarrow's local and HDFS filesystems append; S3's and GCS's objects are written whole.
+APPENDED_FILES = (LEDGER_FILE,)
+APPENDING_FILESYSTEMS = ("local", "hdfs")
+# A file copied whole goes at most once per `search.sync_every_s` for each WHOLE_COPY_BYTES of
+# it: its bytes per second stay bounded however large it grows (README.md, "On a cluster").
+WHOLE_COPY_BYTES = 64 * 1024
 
 
 def search_storage(location: str, name: str) -> Storage:
@@ -150,6 +159,22 @@ class Storage:
             with contextlib.suppress(OSError):
                 filesystem.delete_file(partial)
 
+    def append(self, local: Path, relative: str, offset: int) -> int | None:
+        """Append the bytes of `local` after its first `offset` to `relative`, which holds those
+        `offset` bytes: the bytes appended, or None when the storage cannot append or holds
+        another length (then only a whole copy brings it up to date)."""
+        filesystem, path = self._resolved(relative)
+        if filesystem.type_name not in APPENDING_FILESYSTEMS:
+            return None
+        if filesystem.get_file_info(path).size != offset:
+            return None
+        with local.open("rb") as source:
+            source.seek(offset)
+            tail = source.read()
+        with filesystem.open_append_stream(path) as stream:
+            stream.write(tail)
+        return len(tail)
+
     def download(self, relative: str, local: Path) -> bool:
         """Copy `relative` to the file `local` (whole, or not at all); False when it is absent."""
         import pyarrow.fs
@@ -213,3 +238,68 @@ def push(directory: Path, storage: Storage, names: tuple[str, ...]) -> int:
 def pull(storage: Storage, directory: Path, names: tuple[str, ...]) -> list[str]:
     """Copy `names` from a remote storage into a new driver's folder: those it holds, named."""
     return [name for name in names if storage.download(name, directory / name)]
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """What a storage holds of one driver file: which local version, since when, how many bytes."""
+
+    at: float
+    version: tuple[int, int, int]  # the local file's (inode, size, mtime in ns) when copied
+    size: int
+
+
+class Pusher:
+    """The driver's copies of its files into a remote storage, with bytes that grow linearly with
+    the search however slowly its trials finish. A file unchanged since its last copy is not
+    copied; an appended file (the ledger) gets its new lines alone where the storage appends; a
+    file copied whole (the study) waits `every_s` seconds for each WHOLE_COPY_BYTES of it since
+    its last copy, so that a copy at every slow trial's end cannot make the bytes grow as trials
+    squared. The copy every fit ends with is `push`'s, whole."""
+
+    def __init__(
+        self,
+        directory: Path,
+        storage: Storage,
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory, self.storage, self.every_s, self.clock = directory, storage, every_s, clock
+        self.copies: dict[str, _Copy] = {}
+        self.pushed_bytes = 0
+
+    def push(self, names: tuple[str, ...]) -> bool:
+        """Copy what changed of `names`, as far as their spacing allows; True when the storage
+        holds every one of them as it is here."""
+        current = [self._push(name) for name in names]  # each one, not up to the first that waits
+        return all(current)
+
+    def _push(self, name: str) -> bool:
+        source = self.directory / name
+        if not self.storage.remote or not source.is_file():
+            return True
+        stat = source.stat()
+        version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        copy = self.copies.get(name)
+        if copy is not None and copy.version == version:
+            return True
+        now = self.clock()
+        if (
+            name in APPENDED_FILES
+            and copy is not None
+            and copy.version[0] == stat.st_ino  # appended in place: its first bytes are the same
+            and stat.st_size >= copy.size
+        ):
+            appended = self.storage.append(source, name, copy.size)
+            if appended is not None:
+                self.pushed_bytes += appended
+                self.copies[name] = _Copy(now, version, copy.size + appended)
+                return True
+        if copy is not None and now - copy.at < self.every_s * max(
+            1.0, stat.st_size / WHOLE_COPY_BYTES
+        ):
+            return False
+        pushed = push(self.directory, self.storage, (name,))
+        self.pushed_bytes += pushed
+        self.copies[name] = _Copy(now, version, stat.st_size)
+        return True

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from search import dense
+from search.devices import ray_placement
 from search.latency import trial_latency
 from search.space import Space
 from search.storage import Storage
@@ -87,7 +87,7 @@ def run_trial(
         finetune = config.finetune.model_copy(update={"eval_every": early_stop.every})
         config = config.model_copy(update={"finetune": finetune})
     local = dense.for_trial(config, shared, driver_cache, trial_id)
-    placement = {**_placement(), "trial_id": trial_id}
+    placement = {**ray_placement(), "trial_id": trial_id}
     finetune_dir = out / f"finetune_{config.prune.iterations}"
 
     def report(metrics: dict[str, Any]) -> None:
@@ -104,7 +104,8 @@ def run_trial(
         _trim_states(shared, trial_id, keep=KEEP_STATES)
 
     # latency_ms: the search's one figure for the architecture, timed (once) in this trial's slot
-    result = run(local, out, report, trial_latency(config.name, shared, cpus))
+    # test=False: the search never sees the test split; the front's test maps come at its end
+    result = run(local, out, report, trial_latency(config.name, shared, cpus), test=False)
     final = final_metrics(result.metrics, placement)
     with tempfile.TemporaryDirectory() as staging:
         shutil.copy2(result.checkpoint, Path(staging) / CHECKPOINT_FILE)
@@ -142,16 +143,6 @@ def _restore_state(state: Path, out: Path, metrics: dict[str, Any]) -> None:
     folder = out / str(metrics["finetune_dir"])
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(state, folder / STATE_FILE)
-
-
-def _placement() -> dict[str, Any]:
-    """Where the trial really runs: `node` (host and Ray node id, unique on a cluster even where
-    hosts share a name), and the GPU ids Ray gave it (`gpu_ids`, empty on CPUs)."""
-    import ray
-
-    node_id = ray.get_runtime_context().get_node_id()
-    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
-    return {"node": f"{socket.gethostname()}:{node_id[:8]}", "gpu_ids": gpus}
 
 
 def _final_checkpoint(storage: Storage, trial_id: str) -> Any:

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from search import books, dense, latency, warm_start
+from search import books, dense, holdout, latency, screening, warm_start
 from search.books import RAY_ID, settle_study, study_storage
 from search.cluster import check_resources, connect
 from search.devices import check_device
 from search.early_stop import make_scheduler
 from search.pareto import Front, Ledger, pareto_front, trials_table
-from search.reporting import SearchViews, TrialCurves, judged, write_front
+from search.reporting import FrontViews, SearchViews, TrialCurves, judged, write_front
 from search.space import Space, build_space, sample
 from search.storage import (
     DRIVER_FILES,
@@ -78,6 +78,7 @@ def run(config: ExperimentConfig, source: str, storage: Storage, address: str | 
     if storage.remote:  # first: a wrong URI leaves nothing behind, not even runs/
         storage.check_writable()
     _check_new_experiment_dir(directory)
+    holdout.warn_without_validation(config, source)
     if address is None:  # 2. the dense stage, once, with every core of this machine
         make_dense(config, space, None)
     with ray_session(address):  # 3. Ray: a loopback instance of our own, or the cluster
@@ -87,13 +88,17 @@ def run(config: ExperimentConfig, source: str, storage: Storage, address: str | 
         # 4. the warm start, if asked: points chosen from the dense model's sensitivity
         warm = warm_start.plan(config, space, storage, on_cluster=address is not None)
         space.check_ratios(warm.points, f"{source}: search.warm_start")
+        # 5. the screen, if asked: many candidates scored without finetuning, the best kept
+        screen = screening.plan(config, space, storage)
         with _undone_unless_built(directory, storage):  # a failed start leaves no half search
             write_text_atomic(directory / EXPERIMENT_FILE, config.to_yaml())
-            push(directory, storage, tuple(path.name for path in warm.write(directory)))
+            written = [*warm.write(directory), *screen.write(directory, space.ratio_names)]
+            push(directory, storage, tuple(path.name for path in written))
             if storage.remote:
                 write_text_atomic(directory / STORAGE_FILE, storage.root + "\n")
-            tuner = build_tuner(config, space, directory, storage, warm.points)  # 5. the Tuner
-        return fit(tuner, config, space, directory, storage)  # 6. fit, settle, the front
+            first = [*warm.points, *screen.points]
+            tuner = build_tuner(config, space, directory, storage, first)  # 6. the Tuner
+        return fit(tuner, config, space, directory, storage)  # 7. fit, settle, the front
 
 
 @contextlib.contextmanager
@@ -175,7 +180,13 @@ def resume(location: str, address: str | None = None) -> Outcome:
     ended = [t for t, status in trials.items() if status in books.ENDED and t in ledger.records]
     if len(ended) >= config.search.num_samples:
         log.info("%s: the search has finished (%d trials)", directory, config.search.num_samples)
-        return _outcome(directory, config, space)
+        if not holdout.chosen(ledger, space, config.search.cost):
+            return _outcome(directory, config, space)
+        with ray_session(address):  # it ended before the test maps of its front were measured
+            check_resources(config.search)
+            return measure_test_maps(directory, storage, config, space) or _outcome(
+                directory, config, space
+            )
     with ray_session(address):
         check_resources(config.search)
         tuner = tune.Tuner.restore(
@@ -218,7 +229,29 @@ def fit(
     finally:
         settle_study(directory, config)
         push(directory, storage, DRIVER_FILES)
-    return _outcome(directory, config, space)
+    outcome = _outcome(directory, config, space)
+    if outcome.finished:
+        outcome = measure_test_maps(directory, storage, config, space) or outcome
+        if screening.conclude(directory, config, space) is not None:
+            push(directory, storage, (screening.SCREEN_PNG,))
+    return outcome
+
+
+def measure_test_maps(
+    directory: Path, storage: Storage, config: ExperimentConfig, space: Space
+) -> Outcome | None:
+    """The test maps of the models the finished search chose (search/holdout.py), in the ledger,
+    the views and the storage; the outcome with them, or None when none was missing. Ray runs."""
+    measured = holdout.measure(storage, config, space, Ledger.load(directory))
+    if not measured:
+        return None
+    outcome = _outcome(directory, config, space)
+    with contextlib.closing(FrontViews(directory, space.columns)) as views:
+        for record in measured:
+            views.test_maps(record)
+        views.front(outcome.front)
+    push(directory, storage, DRIVER_FILES)
+    return outcome
 
 
 def _outcome(directory: Path, config: ExperimentConfig, space: Space) -> Outcome:

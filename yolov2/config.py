@@ -67,6 +67,9 @@ class SyntheticConfig(Section):
     """Generate the synthetic VOC-format data set into `data.root` when it is not there yet."""
 
     num_trainval: int = Field(1600, ge=1)
+    # The last `num_val` images of trainval are the val set (train the rest); None: val and train
+    # are trainval's odd and even images.
+    num_val: int | None = Field(None, ge=1)
     num_test: int = Field(400, ge=1)
     seed: int = 0
     objects_per_image: tuple[int, int] = (1, 6)  # drawn uniformly, inclusive
@@ -83,6 +86,8 @@ class SyntheticConfig(Section):
             raise ValueError("objects_per_image is (min, max) with 0 <= min <= max")
         if not 0 < self.object_size[0] <= self.object_size[1] <= 1:
             raise ValueError("object_size is (min, max) with 0 < min <= max <= 1")
+        if self.num_val is not None and self.num_val >= self.num_trainval:
+            raise ValueError("num_val must be below num_trainval: the rest of trainval is train")
         return self
 
 
@@ -100,6 +105,11 @@ class DataConfig(Section):
     root: Path = Path(CACHE, "synthetic", "VOCdevkit")  # the VOCdevkit folder
     synthetic: SyntheticConfig | None = None  # set: generate into `root` on first use
     train_sets: list[tuple[Text, Text]] = [("2007", "trainval")]  # (year, image set) pairs, a union
+    # What a search selects on (every trial's map); no training run ever sees these images. Either
+    # image sets, or a share of the train sets' images carved out by image id (engine.load_splits).
+    # Neither: the search selects on the test sets, and says so.
+    val_sets: list[tuple[Text, Text]] = []
+    val_fraction: float = Field(0.0, ge=0, lt=1)
     test_sets: list[tuple[Text, Text]] = [("2007", "test")]
     classes: Literal["voc", "synthetic"] | list[str] = "voc"
     input_size: int = Field(416, gt=0, multiple_of=32)
@@ -113,6 +123,17 @@ class DataConfig(Section):
         if isinstance(value, list) and (not value or len(set(value)) != len(value)):
             raise ValueError("class names must be a non-empty list without repeats")
         return value
+
+    @model_validator(mode="after")
+    def _one_validation(self) -> DataConfig:
+        if self.val_sets and self.val_fraction:
+            raise ValueError("give val_sets or val_fraction, not both")
+        return self
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether a search on this data selects on a validation split (else on the test sets)."""
+        return bool(self.val_sets) or self.val_fraction > 0
 
     def class_names(self) -> list[str]:
         from yolov2.data import SYNTHETIC_CLASSES, VOC_CLASSES
@@ -167,6 +188,9 @@ class TrainConfig(Section):
     # NHWC weights and activations: faster on CUDA and on the CPU as well (oneDNN's convolutions:
     # 1.3-1.5x a training step of the default model on 1 thread, bench/bench_data.py)
     channels_last: bool = True
+    # torch.compile the training forward (engine.compiled). Off until measured to pay for its
+    # compile time: bench/bench_gpu.py times both on CUDA, compile time included.
+    compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every: int = Field(1, ge=0)  # epochs; 0: only at the end
     seed: int = 0
@@ -297,6 +321,28 @@ class EarlyStopConfig(Section):
     min_completed: int = Field(2, ge=1)
 
 
+class ScreenConfig(Section):
+    """Screening before the finetunes (yolov2/screen.py, search/screening.py): `candidates`
+    allocations of `prune.ratios` drawn evenly over the cost range, each pruned and scored on the
+    first `images` images of the selection split without finetuning (`score`: its map after
+    adaptive batch norm on `bn_batches` training batches, or as pruned); the best `finetune` of
+    them, spread along the cost axis, are the search's first trials after the known points."""
+
+    candidates: int = Field(120, ge=2)
+    finetune: int = Field(6, ge=1)
+    score: Literal["bn_map", "pruned_map"] = "bn_map"
+    images: int = Field(200, ge=1)
+    bn_batches: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _fewer_finetuned(self) -> ScreenConfig:
+        if self.finetune > self.candidates:
+            raise ValueError(
+                "finetune is how many of the candidates get a trial: at most candidates"
+            )
+        return self
+
+
 class SearchConfig(Section):
     """The search: how many trials, how Optuna picks them, what each trial gets from Ray.
 
@@ -332,6 +378,7 @@ class SearchConfig(Section):
     early_stop: EarlyStopConfig | None = None  # none: every trial runs its whole finetune
     warm_start: Literal["none", "sensitivity"] = "none"
     warm_start_budgets: list[Annotated[float, Field(gt=0, lt=1)]] = [0.3, 0.5, 0.7]
+    screen: ScreenConfig | None = None  # none: no screening
     known_at: dict[str, Annotated[list[Scalar], Field(min_length=1)]] = Field(default_factory=dict)
     space: dict[str, Searched] = Field(default_factory=_default_space)
 
@@ -385,9 +432,20 @@ RUNTIME_KNOBS: dict[type[BaseModel], frozenset[str]] = {
 }
 
 
+# Fields that came after cache keys existed, and at these values leave the weights as they were
+# before them: left out of the keys at these values, so a cached dense model stays valid.
+LATER_FIELDS: dict[type[BaseModel], dict[str, Any]] = {
+    DataConfig: {"val_sets": [], "val_fraction": 0.0},
+    SyntheticConfig: {"num_val": None},
+    TrainConfig: {"compile": False},
+}
+
+
 def shaping(section: BaseModel) -> dict[str, Any]:
     """The fields of `section` that shape the weights, recursively, as JSON-ready values."""
     skipped = RUNTIME_KNOBS.get(type(section), frozenset())
+    later = LATER_FIELDS.get(type(section), {})
+    skipped = skipped | {name for name, value in later.items() if getattr(section, name) == value}
     if isinstance(section, DataConfig) and section.synthetic is not None:
         # Generated data is known by its recipe, wherever a machine caches it (a cluster's nodes
         # each keep their own); real data here by where it lives, and in the dense cache's key by

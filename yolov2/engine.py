@@ -49,15 +49,31 @@ log = logging.getLogger(__name__)
 Report = Callable[[dict[str, Any]], None]
 STATE_FILE = "train_state.pt"
 MULTISCALE_EVERY = 10  # batches between input-size changes, as darknet's `random=1`
+# Steps between reads of the loss on the host (progress bar, divergence check): each read waits for
+# the device to finish every step queued before it, so a read per step would keep a GPU idle while
+# the host prepares the next one.
+LOG_EVERY = 10
+LOSS_TERMS = ("total", "coord", "object", "noobject", "class_")
 
 
 @dataclass(frozen=True)
 class Splits:
-    """The annotations a run trains and evaluates on, and their class names."""
+    """The annotations a run trains and evaluates on, and their class names. `val` is what a
+    search selects on (empty: it selects on `test`); no image of it is in `train`."""
 
     train: list[Annotation]
     test: list[Annotation]
     classes: list[str]
+    val: list[Annotation] = field(default_factory=list)
+
+    @property
+    def selection(self) -> list[Annotation]:
+        """What a run's `map` is measured on: the validation split, else the test split."""
+        return self.val or self.test
+
+    @property
+    def selection_name(self) -> str:
+        return "val" if self.val else "test"
 
 
 # The splits this process has read, by what the data is (`load_splits`): a Ray worker kept warm
@@ -80,10 +96,10 @@ def load_splits(data: DataConfig, cache_dir: Path | None = None) -> Splits:
     classes = data.class_names()
     if cache_dir is None:
         return _read_splits(data, classes)
-    sets = [*data.train_sets, *data.test_sets]
+    sets = [*data.train_sets, *data.val_sets, *data.test_sets]
     key = (
         str(data.root.resolve()),
-        json.dumps([data.train_sets, data.test_sets, classes]),
+        json.dumps([data.train_sets, data.val_sets, data.val_fraction, data.test_sets, classes]),
         voc_fingerprint(data.root, sets, cache_dir),
     )
     splits = _READ_SPLITS.pop(key, None)
@@ -92,15 +108,38 @@ def load_splits(data: DataConfig, cache_dir: Path | None = None) -> Splits:
     _READ_SPLITS[key] = splits  # the newest last
     while len(_READ_SPLITS) > _READ_SPLITS_KEPT:
         del _READ_SPLITS[next(iter(_READ_SPLITS))]
-    return Splits(list(splits.train), list(splits.test), list(splits.classes))
+    return Splits(list(splits.train), list(splits.test), list(splits.classes), list(splits.val))
 
 
 def _read_splits(data: DataConfig, classes: list[str]) -> Splits:
-    return Splits(
-        train=read_voc(data.root, data.train_sets, classes),
-        test=read_voc(data.root, data.test_sets, classes),
-        classes=classes,
-    )
+    train = read_voc(data.root, data.train_sets, classes)
+    if data.val_sets:
+        val = read_voc(data.root, data.val_sets, classes)
+    else:
+        val = [a for a in train if _carved(a, data.val_fraction)]
+    held_out = {_image_key(a) for a in val}
+    kept = [a for a in train if _image_key(a) not in held_out]
+    if val and len(kept) < len(train) and data.val_sets:
+        log.info("%d images of the val sets are in the train sets too: trained without them",
+                 len(train) - len(kept))  # fmt: skip
+    if val and not kept:
+        raise InputError(f"{data.root}: the validation split holds every training image")
+    test = read_voc(data.root, data.test_sets, classes)
+    return Splits(train=kept, test=test, classes=classes, val=val)
+
+
+def _image_key(annotation: Annotation) -> tuple[str, str]:
+    """An image's identity across a VOCdevkit's years: (its VOC<year> folder, its id)."""
+    return annotation.image_path.parent.parent.name, annotation.image_id
+
+
+def _carved(annotation: Annotation, fraction: float) -> bool:
+    """Whether `data.val_fraction` puts this image in the validation split: by a hash of its
+    identity, so the carve depends on no order and an image stays where it is when a set grows."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256("/".join(_image_key(annotation)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def resolve_device(name: str) -> torch.device:
@@ -179,18 +218,24 @@ def train_loader(
         collate_fn=collate_detections,
         num_workers=data.workers,
         persistent_workers=data.workers > 0,
+        pin_memory=resolve_device(train.device).type == "cuda",
     )
 
 
 def eval_loader(
-    annotations: Sequence[Annotation], data: DataConfig, batch_size: int
+    annotations: Sequence[Annotation],
+    data: DataConfig,
+    batch_size: int,
+    device: torch.device | None = None,
 ) -> DataLoader[Any]:
+    """Batches of `annotations` at the input size; pinned when they feed a CUDA `device`."""
     dataset = VOCDetection(annotations, EvalTransform(data.input_size, data.letterbox))
     return DataLoader(
         dataset,
         batch_size=batch_size,
         collate_fn=collate_detections,
         num_workers=data.workers,
+        pin_memory=device is not None and device.type == "cuda",
     )
 
 
@@ -240,6 +285,13 @@ def memory_format(train: TrainConfig) -> torch.memory_format:
     return torch.channels_last if train.channels_last else torch.contiguous_format
 
 
+def compiled(model: YOLOv2) -> Callable[[Tensor], Tensor]:
+    """`model`'s forward through torch.compile (TrainConfig.compile). Its input sizes change with
+    multi-scale training and a short last batch, so shapes are compiled dynamic from the start
+    rather than once per size."""
+    return torch.compile(model, dynamic=True)
+
+
 def train_one_epoch(
     model: YOLOv2,
     loader: DataLoader[Any],
@@ -252,26 +304,31 @@ def train_one_epoch(
     train: TrainConfig,
     masks: WeightMasks | None = None,
     desc: str = "train",
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
-    """One pass over `loader`; returns the mean of every loss term, the last lr and images/s."""
+    """One pass over `loader`; returns the mean of every loss term, the last lr and images/s.
+
+    `forward` is the model's forward to train through (fit passes a compiled one with
+    `train.compile`). The loss terms stay on the device and are read every LOG_EVERY steps; a
+    non-finite loss raises TrainingDivergedError naming the epoch and the step it first appeared
+    in, at most LOG_EVERY - 1 steps after it."""
     model.train()
+    forward = forward or model
     use_amp = autocasts(train, device)
     layout = memory_format(train)
-    sums: dict[str, float] = {}
-    images = 0
+    # Batch sums of the terms in float64, as Python floats would add them; read once at the end.
+    sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=device)
+    unread: list[Tensor] = []  # each step's total since the last read
+    images = steps = 0
     start = time.perf_counter()
     progress = tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
-    for batch_index, (cpu_inputs, cpu_targets) in enumerate(progress):
+    for cpu_inputs, cpu_targets in progress:
         inputs = cpu_inputs.to(device, non_blocking=True)
         inputs = inputs.contiguous(memory_format=layout)
-        targets = _targets_to(cpu_targets, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            output = model(inputs)
-        terms = region_loss(output, targets, model.arch.anchors, loss_config, seen=state.seen)
-        if not torch.isfinite(terms.total):
-            raise TrainingDivergedError(
-                f"{desc}: loss is {terms.total.item()} at epoch {state.epoch + 1}, step {batch_index + 1}"
-            )
+            output = forward(inputs)
+        # The targets as the loader gave them: region_loss pads them on the host, one copy each.
+        terms = region_loss(output, cpu_targets, model.arch.anchors, loss_config, seen=state.seen)
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         if train.clip_grad_norm is not None:
@@ -283,16 +340,38 @@ def train_one_epoch(
         state.step += 1
         state.seen += len(inputs)
         images += len(inputs)
-        for name in ("total", "coord", "object", "noobject", "class_"):
-            sums[name] = sums.get(name, 0.0) + float(getattr(terms, name).detach()) * len(inputs)
-        progress.set_postfix(loss=f"{terms.total.item():.3f}", size=inputs.shape[-1])
+        steps += 1
+        values = torch.stack([getattr(terms, name).detach() for name in LOSS_TERMS])
+        sums += values.double() * len(inputs)
+        unread.append(values[0])
+        if len(unread) == LOG_EVERY:
+            last = _read_totals(unread, desc, state.epoch + 1, steps + 1 - len(unread))
+            progress.set_postfix(loss=f"{last:.3f}", size=inputs.shape[-1])
+            unread = []
+    if unread:
+        _read_totals(unread, desc, state.epoch + 1, steps + 1 - len(unread))
+    means = {
+        f"loss/{name.rstrip('_')}": total / max(1, images)
+        for name, total in zip(LOSS_TERMS, sums.tolist(), strict=True)
+    }
     seconds = time.perf_counter() - start
-    means = {f"loss/{k.rstrip('_')}": v / max(1, images) for k, v in sums.items()}
     return {
         **means,
         "lr": optimizer.param_groups[0]["lr"],
         "images_per_s": images / max(seconds, 1e-9),
     }
+
+
+def _read_totals(totals: list[Tensor], desc: str, epoch: int, first_step: int) -> float:
+    """The last of these steps' losses, read on the host at once; TrainingDivergedError naming the
+    first non-finite one (`first_step` is the 1-based step of `totals[0]`)."""
+    values = torch.stack(totals).tolist()
+    for offset, value in enumerate(values):
+        if not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"{desc}: loss is {value} at epoch {epoch}, step {first_step + offset}"
+            )
+    return float(values[-1])
 
 
 @torch.no_grad()
@@ -468,7 +547,8 @@ def fit(
     finetune passes the dense stage's), unless `train.seen` says otherwise; the loss's prior
     warm-up runs while the count is below `loss.prior_warmup_images`. Saves the training state
     every epoch, writes TensorBoard scalars under `out_dir`, and calls `report` with each epoch's
-    metrics (the search reports them to Ray Tune through it).
+    metrics (the search reports them to Ray Tune through it). The maps it measures are on
+    `splits.selection`: the validation split where there is one.
     """
     from torch.utils.tensorboard import SummaryWriter
 
@@ -484,8 +564,9 @@ def fit(
     model = model.to(device)
     model = model.to(memory_format=memory_format(train))
     loader = train_loader(splits.train, data, train)
-    test_loader = eval_loader(splits.test, data, train.batch_size)
+    selection_loader = eval_loader(splits.selection, data, train.batch_size, device)
     optimizer = make_optimizer(model, train)
+    forward = compiled(model) if train.compile else None
     total_steps = max(1, train.epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train, total_steps))
     state_path = out / STATE_FILE
@@ -512,11 +593,12 @@ def fit(
                 train=train,
                 masks=masks,
                 desc=desc,
+                forward=forward,
             )
             state.epoch += 1
             last = state.epoch == train.epochs
             if last or (train.eval_every and state.epoch % train.eval_every == 0):
-                final = evaluate(model, test_loader, splits.test, splits.classes, device)
+                final = evaluate(model, selection_loader, splits.selection, splits.classes, device)
                 metrics.update(map=final["map"], map_voc12=final["map_voc12"])
             metrics["epoch"] = state.epoch
             _log_epoch(writer, tag, metrics, state.epoch)
@@ -525,7 +607,7 @@ def fit(
             if report is not None:
                 report(dict(metrics))
     if not final:
-        final = evaluate(model, test_loader, splits.test, splits.classes, device)
+        final = evaluate(model, selection_loader, splits.selection, splits.classes, device)
     return FitResult(
         model.to(memory_format=torch.contiguous_format), state.history, final, state.seen
     )
@@ -537,12 +619,6 @@ def _log_epoch(writer: Any, tag: str, metrics: Mapping[str, Any], epoch: int) ->
             writer.add_scalar(f"{tag}/{name}", value, epoch)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
     log.info("%s epoch %d: %s", tag, epoch, shown)
-
-
-def _targets_to(
-    targets: Sequence[Mapping[str, Tensor]], device: torch.device
-) -> list[dict[str, Tensor]]:
-    return [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
 
 
 @torch.no_grad()

@@ -138,36 +138,59 @@ class _Targets:
 
 
 def _anchor_tensor(anchors: Tensor | Sequence[Sequence[float]], device: torch.device) -> Tensor:
-    t = torch.as_tensor(anchors, dtype=torch.float32, device=device)
+    # Checked before the copy: a check of a CUDA tensor would wait for the device.
+    t = torch.as_tensor(anchors, dtype=torch.float32)
     if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] == 0 or not bool((t > 0).all()):
         raise ValueError(
             f"region_loss: anchors must be (A, 2) positive (w, h), got {tuple(t.shape)}"
         )
-    return t
+    return _to_device(t, device)
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """`t` on `device`; from the host to CUDA through pinned memory, so the copy is queued on the
+    stream instead of waiting for the device to finish its work first."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def _pad_truths(
     targets: Sequence[Mapping[str, Tensor]], num_classes: int, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Truths padded to (B, Nmax): boxes XYXY in grid cells, labels, and the mask of real ones."""
+    """Truths padded to (B, Nmax): boxes XYXY in grid cells, labels, and the mask of real ones.
+
+    Padded where the targets are (the training loop passes the loader's, on the CPU) and sent to
+    `device` in one copy per tensor: no per-image copy, and no wait for the device."""
     for k, target in enumerate(targets):
         box_k, label_k = target["boxes"], target["labels"]
         if box_k.ndim != 2 or box_k.shape[1] != 4 or label_k.shape != box_k.shape[:1]:
             raise ValueError(f"region_loss: target {k} needs boxes (N, 4) and labels (N,)")
-        # Checked where the labels live (the loader's CPU), not after the copy to the device.
-        if label_k.numel() and not bool(((label_k >= 0) & (label_k < num_classes)).all()):
-            raise ValueError(f"region_loss: target {k} has a label outside 0..{num_classes - 1}")
     counts = [int(target["labels"].shape[0]) for target in targets]
     n_max = max(counts, default=0)
     b = len(targets)
+    home = targets[0]["boxes"].device if targets else device
+    total = sum(counts)
+    sizes = _to_device(torch.tensor(counts, dtype=torch.int64), home)
+    image = torch.repeat_interleave(torch.arange(b, device=home), sizes, output_size=total)
     # Padding is a unit box, so no IoU below divides by zero; the mask keeps it out of every term.
-    boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).repeat(b, n_max, 1)
-    labels = torch.zeros(b, n_max, dtype=torch.int64, device=device)
-    for k, (target, n) in enumerate(zip(targets, counts, strict=True)):
-        boxes[k, :n] = target["boxes"].to(device=device, dtype=torch.float32) / 32
-        labels[k, :n] = target["labels"].to(device)
-    valid = torch.arange(n_max, device=device) < torch.tensor(counts, device=device)[:, None]
-    return boxes, labels, valid
+    boxes = torch.zeros(b, n_max, 4, device=home)
+    boxes[..., 2:] = 1.0
+    labels = torch.zeros(b, n_max, dtype=torch.int64, device=home)
+    if total:
+        flat_labels = torch.cat([target["labels"].to(home) for target in targets])
+        outside = (flat_labels < 0) | (flat_labels >= num_classes)
+        if bool(outside.any()):
+            k = int(image[outside][0])
+            raise ValueError(f"region_loss: target {k} has a label outside 0..{num_classes - 1}")
+        flat_boxes = torch.cat([target["boxes"].to(home, torch.float32) for target in targets])
+        slot = torch.arange(total, device=home) - (torch.cumsum(sizes, 0) - sizes)[image]
+        boxes[image, slot] = flat_boxes / 32
+        labels[image, slot] = flat_labels
+    valid = torch.arange(n_max, device=home) < sizes[:, None]
+    return _to_device(boxes, device), _to_device(labels, device), _to_device(valid, device)
 
 
 def _decode(p: Tensor, anchors: Tensor) -> Tensor:

@@ -69,7 +69,12 @@ METRIC_NAMES = (
     "latency_ms",
     "dense_map",
     "pruned_map",
+    *("test_map", "test_map_voc12"),
 )
+# `map` and `map_voc12` are on the selection split (engine.Splits.selection): the validation split
+# where the experiment has one. A search measures these on the test split only for the models it
+# has chosen (search/holdout.py); where there is no validation split they are `map` itself.
+TEST_METRICS = ("test_map", "test_map_voc12")
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "model.safetensors"  # a run's model, beside its metrics
 DENSE_CACHE = "dense"  # the cache's folder of dense stages, one folder per key (dense_key)
@@ -279,6 +284,7 @@ def run(
     out_dir: str | os.PathLike[str],
     report: Report | None = None,
     latency: MeasureLatency | None = None,
+    test: bool = True,
 ) -> PipelineResult:
     """dense → prune (one shot or in rounds) → finetune → measure; metrics.json beside the checkpoint.
 
@@ -286,6 +292,8 @@ def run(
     gflops, latency_ms, ...), which finetuning does not change, so a search sees both objectives
     every epoch. `latency` gives an architecture's latency_ms (yolov2.latency): by default timed
     here and cached in the experiment's cache; a search passes its own, shared by its trials.
+    The maps are on the selection split; `test` adds the test split's (TEST_METRICS), which a
+    search's trial leaves to the end of the search, for the models it chooses.
     """
     out = Path(out_dir)
     latency = latency or local_latency(config.cache_dir, config.search.cpus_per_trial)
@@ -306,7 +314,10 @@ def run(
         **_maps(evaluation),
         "dense_map": dense.map,
         "pruned_map": float(evaluation["pruned_map"]),
+        "map_split": splits.selection_name,
     }
+    if test or not splits.val:
+        metrics.update(maps_on_test(model, config, splits, metrics))
     write_text_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2))
     write_resolved(config, out)
     return PipelineResult(checkpoint, metrics)
@@ -393,11 +404,26 @@ def _with_costs(
     return with_costs
 
 
-def evaluate_model(model: YOLOv2, config: ExperimentConfig, splits: Splits) -> dict[str, Any]:
-    """map, map_voc12 and per-class AP of `model` on the config's test sets."""
+def evaluate_model(
+    model: YOLOv2, config: ExperimentConfig, splits: Splits, on_test: bool = False
+) -> dict[str, Any]:
+    """map, map_voc12 and per-class AP of `model` on the selection split (the validation split,
+    else the test sets), or on the test sets."""
     device = resolve_device(config.train.device)
-    loader = eval_loader(splits.test, config.data, config.train.batch_size)
-    return evaluate(model.to(device), loader, splits.test, splits.classes, device)
+    annotations = splits.test if on_test else splits.selection
+    loader = eval_loader(annotations, config.data, config.train.batch_size, device)
+    return evaluate(model.to(device), loader, annotations, splits.classes, device)
+
+
+def maps_on_test(
+    model: YOLOv2, config: ExperimentConfig, splits: Splits, metrics: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """TEST_METRICS of `model`: its maps on the test sets (`metrics`' own maps, when they are on
+    the test sets already: no validation split)."""
+    if metrics is not None and not splits.val:
+        return {"test_map": metrics["map"], "test_map_voc12": metrics["map_voc12"]}
+    measured = evaluate_model(model, config, splits, on_test=True)
+    return {"test_map": float(measured["map"]), "test_map_voc12": float(measured["map_voc12"])}
 
 
 def save_pruned(model: YOLOv2, path: Path, config: ExperimentConfig, classes: list[str]) -> Path:
@@ -452,7 +478,7 @@ def config_of_checkpoint(checkpoint: Path, overrides: list[str] | None = None) -
 
 def evaluate_checkpoint(checkpoint: Path, config: ExperimentConfig) -> dict[str, Any]:
     """map, map_voc12 and per-class AP of a checkpoint on the config's test sets."""
-    return evaluate_model(load_checkpoint(checkpoint), config, load_splits(config.data))
+    return evaluate_model(load_checkpoint(checkpoint), config, load_splits(config.data), True)
 
 
 def _provenance(config: ExperimentConfig, stage: str, sections: tuple[str, ...]) -> dict[str, Any]:

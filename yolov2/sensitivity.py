@@ -132,7 +132,7 @@ def analyse(
     ratios: Sequence[float],
 ) -> Sensitivity:
     """`model` with each group alone pruned at each ratio (no finetuning), evaluated on the
-    config's test sets and measured in GFLOPs at its input size; the unpruned model is the baseline.
+    config's selection split (its val sets, else its test sets) and measured in GFLOPs at its input size; the unpruned model is the baseline.
     Pruning follows the config's prune section, its ratios aside."""
     kind = checked_groups(groups)
     grid = checked_ratios(ratios)

@@ -7,6 +7,7 @@ finds the token itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -106,12 +107,17 @@ def autoscaling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             time.sleep(0.5)
         yield {"address": f"127.0.0.1:{port}", "home": home}
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head and every node it started: ours alone
+        # The head and every node it started: ours alone. Its GCS server and autoscaler take
+        # about 30 s to end on SIGTERM (measured); nothing of theirs outlives the test, so a
+        # short grace, then SIGKILL.
+        os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=3)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # what of the group outlived the head
         config.unlink(missing_ok=True)
 
 
@@ -163,7 +169,12 @@ def test_a_driver_without_the_token_is_told_where_it_was_looked_for(
     elsewhere.mkdir()
     code, err = _drive(
         ["run", str(SMOKE), "--address", autoscaling["address"], "--storage", str(tmp_path)],
-        _driver_env(HOME=str(elsewhere), RAY_gcs_rpc_server_reconnect_timeout_s="5"),
+        # Ray tries a refused connection once a second, 20 times unless this says otherwise
+        _driver_env(
+            HOME=str(elsewhere),
+            RAY_gcs_rpc_server_reconnect_timeout_s="5",
+            RAY_gcs_server_port_wait_time_s="3",
+        ),
         timeout=180,
     )
     assert code == 2

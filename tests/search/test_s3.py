@@ -130,7 +130,7 @@ def test_a_search_in_s3_survives_its_driver_and_every_command_takes_its_uri(
 ) -> None:
     query = f"endpoint_override={endpoint}&scheme=http"
     uri = f"s3://{BUCKET}/runs/s3t?{query}"
-    drivers = [tmp_path / f"driver-{n}" for n in (1, 2, 3)]
+    drivers = [tmp_path / f"driver-{n}" for n in (1, 2, 3, 4)]
     for folder in drivers:
         folder.mkdir()
     overrides = smoke_overrides(smoke_cache, SPACE, "search.max_concurrent=2")
@@ -175,6 +175,18 @@ def test_a_search_in_s3_survives_its_driver_and_every_command_takes_its_uri(
     code, out, err = search(["best", uri, "--front", "refined", "--out", str(best)])
     assert code == 0, err  # the refined checkpoint comes from S3, where the refine task put it
     assert not (here / "refined").exists()
+    refined = Ledger.load(here, "refined.jsonl").records
+    assert stored.exists("refined.jsonl")  # pushed when refine ended, for any other driver
+
+    monkeypatch.chdir(drivers[3])  # another machine: the refined front from the URI alone
+    code, out, err = search(["pareto", uri, "--front", "refined"])
+    assert code == 0, err
+    assert f"{len(refined)} trials ({len(refined)} complete)" in out
+    code, out, err = search(["best", uri, "--front", "refined", "--out", str(best)])
+    assert code == 0, err
+    chosen_refined = refined[out.split(":")[0]]
+    assert count_params(load_checkpoint(best))[1] == chosen_refined.metrics["nonzero_params"]
+    assert Ledger.load(drivers[3] / "runs" / "s3t", "refined.jsonl").records == refined
 
 
 @pytest.mark.parametrize(

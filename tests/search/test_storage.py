@@ -11,7 +11,18 @@ import optuna
 import pytest
 
 from search import dense
-from search.storage import DRIVER_FILES, STUDY_FILE, Storage, join, pull, push
+from search import storage as storage_module
+from search.storage import (
+    DRIVER_FILES,
+    LEDGER_FILE,
+    STUDY_FILE,
+    WHOLE_COPY_BYTES,
+    Pusher,
+    Storage,
+    join,
+    pull,
+    push,
+)
 from tests.search.conftest import LEARNS, SMOKE
 from yolov2.config import load_config
 from yolov2.errors import InputError
@@ -109,3 +120,41 @@ def test_a_published_dense_stage_reaches_a_new_cache_whole(tmp_path: Path) -> No
     folder = dense_folder(config)
     assert (folder / "model.safetensors").read_text() == "w"
     assert (folder / dense.MADE_FILE).is_file()
+
+
+@pytest.mark.parametrize("appends", [True, False])
+def test_the_pusher_appends_the_ledger_and_spaces_whole_copies_by_their_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, appends: bool
+) -> None:
+    """Bytes linear in trials however slowly they end: the ledger's new lines alone where the
+    storage appends; a file copied whole (the study, or the ledger where objects are written
+    whole) at most once per period for each WHOLE_COPY_BYTES of it; nothing unchanged again."""
+    if not appends:  # as S3 and GCS, whose objects are written whole
+        monkeypatch.setattr(storage_module, "APPENDING_FILESYSTEMS", ())
+    directory, root = tmp_path / "driver", tmp_path / "storage"
+    directory.mkdir()
+    study, ledger = directory / STUDY_FILE, directory / LEDGER_FILE
+    optuna.create_study(study_name="s", storage=f"sqlite:///{study}")
+    ledger.write_text("")
+    now = [0.0]
+    pusher = Pusher(directory, Storage(f"file://{root}"), every_s=60, clock=lambda: now[0])
+    assert pusher.push((STUDY_FILE, LEDGER_FILE))  # both, whole
+    assert 1.5 < study.stat().st_size / WHOLE_COPY_BYTES < 3  # it waits over 90 s, under 180
+    line = '{"trial_id": "t"}\n'
+    study_copied, ledger_bytes = [], []
+    for number in range(1, 5):  # a slow trial's end every 90 s: each changes both files
+        now[0] = 90.0 * number
+        optuna.load_study(study_name="s", storage=f"sqlite:///{study}").ask()
+        with ledger.open("a") as file:
+            file.write(line)
+        before = pusher.pushed_bytes
+        assert pusher.push((LEDGER_FILE,))  # small: at every end
+        ledger_bytes.append(pusher.pushed_bytes - before)
+        assert (root / LEDGER_FILE).read_text() == line * number
+        study_copied.append(pusher.push((STUDY_FILE,)))
+    assert study_copied == [False, True, False, True]  # 60 s x its 64 KiBs (1.75): at 180, 360
+    whole = [len(line) * number for number in range(1, 5)]
+    assert ledger_bytes == ([len(line)] * 4 if appends else whole)
+    before = pusher.pushed_bytes
+    assert pusher.push((STUDY_FILE, LEDGER_FILE))  # nothing changed: nothing copied
+    assert pusher.pushed_bytes == before

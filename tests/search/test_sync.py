@@ -19,7 +19,7 @@ from ray.tune.experiment import Trial
 from search.books import study_storage
 from search.reporting import SearchViews
 from search.space import build_space
-from search.storage import DRIVER_FILES, Storage
+from search.storage import DRIVER_FILES, WHOLE_COPY_BYTES, Storage
 from tests.search.conftest import SMOKE, set_arguments, smoke_overrides
 from tests.search.test_search import search
 from yolov2.config import load_config
@@ -27,24 +27,34 @@ from yolov2.engine import STATE_FILE
 
 
 class Uploads:
-    """Every file copied into a storage, counted by name, and its bytes."""
+    """Every file copied whole into a storage, counted by name, and its bytes; every append."""
 
     def __init__(self) -> None:
         self.count: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
+        self.appends: Counter[str] = Counter()
+        self.appended: Counter[str] = Counter()  # bytes
 
 
 @pytest.fixture
 def uploads(monkeypatch: pytest.MonkeyPatch) -> Uploads:
     counted = Uploads()
-    upload = Storage.upload
+    upload, append = Storage.upload, Storage.append
 
     def counting(self: Storage, local: Path, relative: str) -> None:
         counted.count[relative] += 1
         counted.bytes[relative] += local.stat().st_size
         upload(self, local, relative)
 
+    def counting_appends(self: Storage, local: Path, relative: str, offset: int) -> int | None:
+        appended = append(self, local, relative, offset)
+        if appended is not None:
+            counted.appends[relative] += 1
+            counted.appended[relative] += appended
+        return appended
+
     monkeypatch.setattr(Storage, "upload", counting)
+    monkeypatch.setattr(Storage, "append", counting_appends)
     return counted
 
 
@@ -86,16 +96,22 @@ def test_the_views_and_the_storages_copy_come_at_most_every_sync_period_and_at_t
     monkeypatch.chdir(tmp_path)  # a URI search's driver folder is runs/<name> here
     views, directory, now = _driver(tmp_path, 60)
     rng, trials = random.Random(0), []
+    study = optuna.load_study(study_name="smoke", storage=study_storage(directory))
     for number in range(12):  # a trial starts every 10 s and ends 5 s later; a Ray step at 9 s
         now[0] = 10.0 * number
         trials.append(_finished(rng, views.space, number))
+        asked = study.ask()  # the searcher's entry of the trial, as it changes the study
         views.on_trial_start(number, trials, trials[-1])
         now[0] += 5
+        study.tell(asked, 0.5)
         views.on_trial_complete(number, trials, trials[-1])
         now[0] += 4
         views.on_step_end(number, trials)
-    # copies at 0 s (no ledger yet) and 60 s; the front's views at 5 s (1 trial) and 65 s (7)
-    assert uploads.count == {"experiment.yaml": 2, "study.db": 2, "trials.jsonl": 1}
+    # copies at 0 s (no ledger yet) and 60 s: the experiment unchanged, not again; the study
+    # (over 64 KiB, copied whole) not before 60 s for each 64 KiB of it; the front's views at
+    # 5 s (1 trial) and 65 s (7)
+    assert (directory / "study.db").stat().st_size > WHOLE_COPY_BYTES
+    assert uploads.count == {"experiment.yaml": 1, "study.db": 1, "trials.jsonl": 1}
     front = directory / "tensorboard" / "front"
     assert [e.step for e in _events(front).Scalars("pareto/hypervolume")] == [1, 7]
     views.on_experiment_end(trials)  # the fit ends: the views of all 12
@@ -106,11 +122,14 @@ def test_the_views_and_the_storages_copy_come_at_most_every_sync_period_and_at_t
     assert len(list((directory / "tensorboard" / "trials").iterdir())) == 12  # every hparams
     now[0] += 60
     views.on_step_end(12, trials)  # what lagged goes once its period has passed
-    assert uploads.count == {"experiment.yaml": 3, "study.db": 3, "trials.jsonl": 2}
+    assert uploads.count == {"experiment.yaml": 1, "study.db": 2, "trials.jsonl": 1}
+    assert uploads.appends == {"trials.jsonl": 1}  # the ledger's new lines alone
     views.on_step_end(13, trials)
-    assert uploads.count["study.db"] == 3  # nothing new: nothing copied
-    assert views.pushed_bytes == uploads.bytes.total()
-    assert len((directory / "trials.jsonl").read_text().splitlines()) == 12
+    assert uploads.count["study.db"] == 2  # nothing new: nothing copied
+    assert views.pushed_bytes == uploads.bytes.total() + uploads.appended.total()
+    stored = tmp_path / "store" / "smoke" / "trials.jsonl"
+    assert stored.read_bytes() == (directory / "trials.jsonl").read_bytes()
+    assert len(stored.read_text().splitlines()) == 12
 
 
 def test_with_a_sync_period_of_0_every_event_is_copied_and_viewed(
@@ -123,8 +142,14 @@ def test_with_a_sync_period_of_0_every_event_is_copied_and_viewed(
         trials.append(_finished(rng, views.space, number))
         views.on_trial_start(number, trials, trials[-1])
         views.on_trial_complete(number, trials, trials[-1])
-    assert uploads.count["study.db"] == 6  # each start and each end
-    assert uploads.count["trials.jsonl"] == 5  # from the first end on
+    study = directory / "study.db"
+    assert uploads.count["study.db"] == 1  # unchanged since its first copy (no searcher here)
+    assert uploads.count["trials.jsonl"] == 1  # at the first end, then its new lines at each end
+    assert uploads.appends["trials.jsonl"] == 2
+    study.write_bytes(study.read_bytes())  # the study changes: copied at the next event
+    trials.append(_finished(rng, views.space, 3))
+    views.on_trial_start(3, trials, trials[-1])
+    assert uploads.count["study.db"] == 2
     views.on_experiment_end(trials)
     assert len(_events(directory / "tensorboard" / "front").Images("pareto/front")) == 3
 

@@ -533,6 +533,8 @@ SHAPING_FIELDS = {
         "root",
         "synthetic",
         "train_sets",
+        "val_sets",
+        "val_fraction",
         "test_sets",
         "classes",
         "input_size",
@@ -554,11 +556,13 @@ SHAPING_FIELDS = {
         "clip_grad_norm",
         "amp",
         "channels_last",
+        "compile",
         "seed",
         "seen",
     },
     "SyntheticConfig": {
         "num_trainval",
+        "num_val",
         "num_test",
         "seed",
         "objects_per_image",
@@ -611,6 +615,7 @@ SEARCH_FIELDS = {
     "early_stop",
     "warm_start",
     "warm_start_budgets",
+    "screen",
     "known_at",
     "space",
 }
@@ -662,3 +667,35 @@ def test_every_section_that_shapes_the_weights_is_listed() -> None:
 
     reachable = sections(ExperimentConfig) - sections(SearchConfig)  # the search shapes no weights
     assert {s.__name__ for s in reachable} == set(SHAPING_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("override", "changes"),
+    [
+        ("data.val_fraction=0.0", False),  # the values before validation splits existed
+        ("data.val_sets=[]", False),
+        ("data.val_fraction=0.2", True),
+        ("data.val_sets=[[2007, val]]", True),
+    ],
+)
+def test_a_validation_split_keys_the_weights_only_when_there_is_one(
+    tmp_path: Path, override: str, changes: bool
+) -> None:
+    path = _write(tmp_path, FULL_YAML)
+    base, other = load_config(path), load_config(path, [override])
+    assert (other.digest("data") != base.digest("data")) is changes
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.val_fraction=0.2", "data.val_sets=[[2007, val]]"], "not both"),
+        (["data.val_fraction=1.0"], "val_fraction"),
+        (["data.val_fraction=-0.1"], "val_fraction"),
+    ],
+)
+def test_a_validation_split_is_one_of_sets_or_a_fraction(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        load_config(_write(tmp_path, FULL_YAML), overrides)

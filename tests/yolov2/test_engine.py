@@ -266,3 +266,68 @@ def test_a_training_state_without_settings_is_refused(tmp_path: Path) -> None:
     torch.save(old, tmp_path / "run" / "train_state.pt")
     with pytest.raises(InputError, match=r"other settings \(\(no settings recorded\)\)"):
         _fit_into(tmp_path / "run", config, splits)
+
+
+# --- the validation split -------------------------------------------------------------------------
+
+
+def _ids(annotations: list[Any]) -> list[str]:
+    return [a.image_id for a in annotations]
+
+
+def test_val_sets_are_held_out_of_training(tmp_path: Path) -> None:
+    # val is inside trainval here (VOC's own layout): training on trainval leaves val out.
+    config = smoke_config(
+        tmp_path, "data.synthetic.num_val=4", "data.val_sets=[[2007, val]]",
+        "data.test_sets=[[2007, test]]",
+    )  # fmt: skip
+    splits = load_splits(config.data)
+    assert _ids(splits.val) == [f"{i:06d}" for i in range(13, 17)]
+    assert _ids(splits.train) == [f"{i:06d}" for i in range(1, 13)]
+    assert splits.selection is splits.val
+    assert splits.selection_name == "val"
+    assert len(splits.test) == 4
+    assert not set(_ids(splits.test)) & set(_ids(splits.val))
+
+
+def test_val_fraction_carves_the_train_sets_by_image_id(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "data.val_fraction=0.25")
+    splits = load_splits(config.data)
+    everything = _ids(load_splits(smoke_config(tmp_path).data).train)
+    assert 1 <= len(splits.val) <= 8  # about a quarter of 16
+    assert sorted(_ids(splits.train) + _ids(splits.val)) == sorted(everything)
+    assert not set(_ids(splits.train)) & set(_ids(splits.val))
+    # The carve is by each image's own id: the same images again, and a larger share keeps them.
+    again = load_splits(smoke_config(tmp_path, "data.val_fraction=0.25").data)
+    larger = load_splits(smoke_config(tmp_path, "data.val_fraction=0.6").data)
+    assert _ids(again.val) == _ids(splits.val)
+    assert set(_ids(splits.val)) < set(_ids(larger.val))
+
+
+def test_without_a_validation_split_a_run_selects_on_the_test_sets(tmp_path: Path) -> None:
+    splits = load_splits(smoke_config(tmp_path).data)
+    assert splits.val == []
+    assert splits.selection is splits.test
+    assert splits.selection_name == "test"
+
+
+def test_a_validation_split_of_every_training_image_is_refused(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "data.val_sets=[[2007, trainval]]")
+    with pytest.raises(InputError, match="validation split holds every training image"):
+        load_splits(config.data)
+
+
+def test_fit_measures_its_map_on_the_validation_split(tmp_path: Path) -> None:
+    # The smoke model memorises its 12 training images; on 4 images it never saw it scores lower.
+    config = smoke_config(
+        tmp_path, "data.synthetic.num_val=4", "data.val_sets=[[2007, val]]", "train.epochs=12",
+    )  # fmt: skip
+    splits = load_splits(config.data)
+    result = _fit_into(tmp_path / "run", config, splits)
+    on_train = Splits(splits.train, splits.train, splits.classes)
+    from yolov2.pipeline import evaluate_model
+
+    seen = evaluate_model(result.model, config, on_train)["map"]
+    held_out = evaluate_model(result.model, config, splits)["map"]
+    assert result.final["map"] == pytest.approx(held_out)
+    assert held_out < seen

@@ -52,7 +52,7 @@ def test_filter_pipeline_shrinks_the_model_and_reuses_the_dense_stage(
 
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert set(metrics) >= METRICS
-    assert set(metrics) == set(METRIC_NAMES) | {"node", "device"}
+    assert set(metrics) == set(METRIC_NAMES) | {"node", "device", "map_split"}
     assert metrics == pytest.approx(first.metrics)
     assert metrics["size_mb"] == pytest.approx(first.checkpoint.stat().st_size / 1e6)
     dense_params = sum(p.numel() for p in dense.parameters())

@@ -55,12 +55,14 @@ class SyntheticSpec:
     min_contrast: float  # least mean RGB distance, in grey levels, between object and background
     jpeg_quality: int
     version: int = GENERATOR_VERSION
+    num_val: int | None = None  # trainval's last images are val (None: its odd ones)
 
 
 def make_synthetic_voc(
     root: Path,
     *,
     num_trainval: int = 1600,
+    num_val: int | None = None,
     num_test: int = 400,
     image_size: int | tuple[int, int] = (160, 320),
     seed: int = 0,
@@ -81,6 +83,9 @@ def make_synthetic_voc(
 ) -> Path:
     """Write (or reuse) a synthetic VOCdevkit at `root` holding VOC2007 trainval/train/val/test.
 
+    train and val split trainval as VOC's do: val is its last `num_val` images, or (None) every
+    other one.
+
     `root` is the VOCdevkit folder itself: `read_voc(root, [("2007", "trainval")], classes)` reads
     it. The set is drawn into a temporary sibling folder and renamed into place at the end, so an
     interrupted run leaves nothing at `root`. A finished set holds a `.complete` marker with its
@@ -95,7 +100,7 @@ def make_synthetic_voc(
         (int(objects_per_image[0]), int(objects_per_image[1])),
         (float(object_size[0]), float(object_size[1])), max_aspect, max_rotation_deg, clutter,
         noise, empty_fraction, min_visible, difficult_visible, difficult_min_px, min_contrast,
-        jpeg_quality,
+        jpeg_quality, num_val=num_val,
     )  # fmt: skip
     _check_spec(spec)
     root = Path(root)
@@ -125,6 +130,8 @@ def _check_spec(spec: SyntheticSpec) -> None:
         raise InputError(f"synthetic object_size {spec.object_size} must be 0 < min <= max <= 1")
     if not 0 <= spec.objects_per_image[0] <= spec.objects_per_image[1]:
         raise InputError(f"synthetic objects_per_image {spec.objects_per_image} is not a range")
+    if spec.num_val is not None and not 0 < spec.num_val < spec.num_trainval:
+        raise InputError(f"synthetic num_val {spec.num_val} must be in [1, num_trainval)")
 
 
 def _cached(root: Path, spec: SyntheticSpec) -> bool:
@@ -170,7 +177,11 @@ def _write_synthetic(tmp: Path, spec: SyntheticSpec, workers: int) -> None:
 def _write_image_sets(year_dir: Path, spec: SyntheticSpec) -> None:
     ids = [_image_id(i) for i in range(spec.num_trainval + spec.num_test)]
     trainval, test = ids[: spec.num_trainval], ids[spec.num_trainval :]
-    sets = {"trainval": trainval, "train": trainval[0::2], "val": trainval[1::2], "test": test}
+    if spec.num_val is None:
+        train, val = trainval[0::2], trainval[1::2]
+    else:
+        train, val = trainval[: -spec.num_val], trainval[-spec.num_val :]
+    sets = {"trainval": trainval, "train": train, "val": val, "test": test}
     for name, members in sets.items():
         text = "".join(f"{m}\n" for m in members)
         (year_dir / "ImageSets" / "Main" / f"{name}.txt").write_text(text)

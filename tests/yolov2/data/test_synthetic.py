@@ -126,3 +126,27 @@ def test_parallel_generation_gives_the_same_bytes(tmp_path: Path) -> None:
     serial = make_synthetic_voc(tmp_path / "serial", workers=1, **sizes)
     parallel = make_synthetic_voc(tmp_path / "parallel", workers=2, **sizes)
     assert _files(serial) == _files(parallel)
+
+
+def test_num_val_holds_out_the_last_trainval_images_as_val(tmp_path: Path) -> None:
+    root = make_synthetic_voc(
+        tmp_path / "synthetic", num_trainval=12, num_val=4, num_test=2, workers=1
+    )
+    train, val, trainval, test = (
+        [a.image_id for a in read_voc(root, [("2007", s)], SYNTHETIC_CLASSES)]
+        for s in ("train", "val", "trainval", "test")
+    )
+    assert train == [f"{i:06d}" for i in range(1, 9)]
+    assert val == [f"{i:06d}" for i in range(9, 13)]
+    assert trainval == train + val
+    assert test == ["000013", "000014"]
+    # The images are drawn from their index: those of train are a smaller set's trainval.
+    smaller = make_synthetic_voc(tmp_path / "smaller", num_trainval=8, num_test=2, workers=1)
+    for image_id in train:
+        jpeg = Path("VOC2007", "JPEGImages", f"{image_id}.jpg")
+        assert (root / jpeg).read_bytes() == (smaller / jpeg).read_bytes()
+
+
+def test_num_val_leaves_some_train_images(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="num_val 4 must be in"):
+        make_synthetic_voc(tmp_path / "s", num_trainval=4, num_val=4, num_test=1, workers=1)
