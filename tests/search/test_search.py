@@ -93,7 +93,7 @@ def test_the_trials_csv_has_every_column_and_the_front_computed_by_hand(
         f"ratio.layer{i:02d}" for i in range(1, 23)
     ]
     assert list(table.columns) == [
-        "trial_id", "state", "finetune.lr", *ratios, *METRICS, "node", "device", "gpu_ids",
+        "trial_id", "state", "finetune.lr", *ratios, *METRICS, "node", "device", "gpu_ids", "map_split",
         "error", "checkpoint", "dense", "pareto",
     ]  # fmt: skip
     assert len(table) == NUM_SAMPLES
