@@ -121,10 +121,10 @@ def test_the_driver_benchmark_prints_its_marks_side_by_side_and_judges_them(
     argv = ["--trials", "24", "--every-event-trials", "12"]
     code, lines = _main("bench_driver", argv, monkeypatch, capsys)
     assert lines[0].startswith("search.sync_every_s default (60 s): 24 trials in ")
-    # trials, ms/trial, of it views, MB pushed, KB/trial: the throttled run's marks, then the
-    # run at every event's
+    # trials, ms/trial, of it views, MB pushed, KB/trial: the throttled run's marks, the run at
+    # every event's, then the slow trials' into an appending storage and into a whole-object one
     rows = [line.split() for line in lines if re.fullmatch(r"(\s+[\d.]+){5}", line)]
-    assert [row[0] for row in rows] == ["10", "24", "10", "12"]
+    assert [row[0] for row in rows] == ["10", "24", "10", "12", "10", "24", "10", "24"]
     throttled, every_event = rows[0], rows[2]
     assert float(every_event[3]) > 2 * float(throttled[3])  # MB at 10 trials: a copy per event
     assert any(line.startswith("at 10 trials, every event over throttled: ") for line in lines)
@@ -132,7 +132,9 @@ def test_the_driver_benchmark_prints_its_marks_side_by_side_and_judges_them(
     assert set(verdicts) == {
         "time per trial at 24 over at 10",
         "SearchViews' time per trial at 24 over at 10",
-        "bytes per trial at 24 over at 10",
+        "bytes per trial at 24 over at 10, fast",
+        "bytes per trial at 24 over at 10, slow",
+        "bytes per trial at 24 over at 10, slow, whole",
     }
     assert code == (0 if set(verdicts.values()) == {"met"} else 1)
 

@@ -197,7 +197,7 @@ def test_pareto_writes_the_csv_and_the_plot(searched: dict[str, Any], tmp_path: 
          "--plot", str(tmp_path / "f.png"), "--cost", "gflops"]
     )  # fmt: skip
     assert code == 0
-    assert "Pareto front of map against gflops" in out
+    assert "Pareto front of map on test against gflops" in out  # no validation split
     table = pd.read_csv(tmp_path / "t.csv")
     assert sorted(table["trial_id"]) == sorted(_table(searched["dir"])["trial_id"])
     assert table["pareto"].tolist() == _front_by_hand(table, "gflops")  # the --cost given
