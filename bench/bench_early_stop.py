@@ -87,7 +87,8 @@ def experiment(rule: str, seed: int, trials: int, epochs: int, every: int) -> di
     raw = default_experiment(f"{rule}-s{seed}")
     raw["finetune"].update(epochs=epochs, seed=seed)
     raw["search"].update(num_samples=trials, seed=seed, known_points=KNOWN)
-    for key in ("warm_start", "warm_start_budgets"):  # the sampler's trials after the known points
+    # the sampler's trials after the known points: no warm start, no screen
+    for key in ("warm_start", "warm_start_budgets", "screen"):
         raw["search"].pop(key, None)
     if rule != "none":
         raw["search"]["early_stop"] = {"rule": rule, "every": every, "margin": MARGIN}

@@ -19,9 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "experiments" / "default.yaml"
 
 
-def default_experiment(name: str) -> dict[str, Any]:
-    """The default experiment as its YAML's raw mapping, renamed."""
-    raw: dict[str, Any] = yaml.safe_load(DEFAULT.read_text())
+def default_experiment(
+    name: str, path: Path = DEFAULT, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """An experiment (the default one unless `path`) as its YAML's raw mapping, with `--set`'s
+    `overrides` (key.sub=value), renamed."""
+    from yolov2.config import apply_override
+    from yolov2.errors import InputError
+
+    try:
+        raw: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
+        for override in overrides:
+            apply_override(raw, override)
+    except (OSError, yaml.YAMLError, InputError) as error:
+        raise SystemExit(f"{path}: {error}") from None
     raw["name"] = name
     return raw
 

@@ -9,7 +9,7 @@ after the known and warm-start points, at the experiment's own values (or `searc
 the other searched keys; the sampler takes over for what `search.num_samples` leaves.
 
 Every candidate is in `screen.csv` (its ratios, GFLOPs, nonzero parameters, both scores, whether it
-was chosen) and `screen.png` (its score against its GFLOPs). When the search ends, `conclude` puts
+was chosen, the node that scored it) and `screen.png` (its score against its GFLOPs). When the search ends, `conclude` puts
 the finetuned maps of the screened trials over that figure (in the folder and in TensorBoard) and
 says how well the screen's score ranked them: the Spearman correlation of score and finetuned map.
 """
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from search import dense, tasks
+from search.devices import ray_placement
 from search.pareto import Ledger
 from search.space import Space
 from search.storage import Storage
@@ -54,13 +55,14 @@ class Screen:
     scored: tuple[Scored, ...]
     points: tuple[dict[str, float], ...]
     by: str = "bn_map"  # the score that ranks (screen.score)
+    nodes: tuple[str, ...] = ()  # where each of `scored` was scored (devices.ray_placement)
 
     def write(self, directory: Path, names: Sequence[str]) -> tuple[Path, ...]:
         """screen.csv and screen.png in the experiment folder (nothing without a screen)."""
         if not self.scored:
             return ()
         by = self.by
-        table = screen_table(self.scored, names, self.points)
+        table = screen_table(self.scored, names, self.points, self.nodes)
         csv, png = directory / SCREEN_CSV, directory / SCREEN_PNG
         with atomic_path(csv) as temporary:
             table.to_csv(temporary, index=False)
@@ -93,33 +95,35 @@ def plan(config: ExperimentConfig, space: Space, storage: Storage) -> Screen:
     chunks = [candidates[i : i + size] for i in range(0, len(candidates), size)]
     task = tasks.trial_task(config.search, score_chunk)
     driver_cache = str(default_cache())
-    scored: list[Scored] = []
-    for _, rows in tasks.as_ready(
+    scored: list[tuple[Scored, str]] = []
+    for _, (node, rows) in tasks.as_ready(
         chunks, lambda chunk: task.remote(config, chunk, storage.root, driver_cache), slots
     ):
-        scored += rows
+        scored += [(row, node) for row in rows]
         log.info("screen: %d of %d candidates scored", len(scored), len(candidates))
-    scored.sort(key=lambda row: row.candidate.index)
-    chosen = choose(scored, screen.finetune, screen.score)
+    scored.sort(key=lambda pair: pair[0].candidate.index)
+    rows = [row for row, _ in scored]
+    chosen = choose(rows, screen.finetune, screen.score)
     points = tuple(dict(zip(names, row.candidate.ratios, strict=True)) for row in chosen)
     for row in chosen:
         log.info("screen: chose %s: %.1f%% of the dense GFLOPs, %s %.4f", _ratios(row),
                  100 * row.candidate.target, screen.score, getattr(row, screen.score))  # fmt: skip
-    return Screen(tuple(scored), points, screen.score)
+    return Screen(tuple(rows), points, screen.score, tuple(node for _, node in scored))
 
 
 def score_chunk(
     config: ExperimentConfig, chunk: list[Candidate], storage_root: str, driver_cache: str
-) -> list[Scored]:
+) -> tuple[str, list[Scored]]:
     """Candidates scored as a Ray task with a trial's resources, on the dense stage the search
-    published (copied into this node's cache, as a trial does)."""
+    published (copied into this node's cache, as a trial does); and the node it ran on."""
     screen = config.search.screen
     assert screen is not None  # plan runs it only then
     torch.set_num_threads(trial_resources(config.search.cpus_per_trial)[0])
     local, splits, stage = dense.on_node(config, Storage(storage_root), driver_cache)
-    return score(
+    rows = score(
         stage.model, local, splits, chunk, images=screen.images, bn_batches=screen.bn_batches
     )
+    return ray_placement()["node"], rows
 
 
 def choose(scored: Sequence[Scored], count: int, by: str) -> list[Scored]:
@@ -141,13 +145,18 @@ def choose(scored: Sequence[Scored], count: int, by: str) -> list[Scored]:
 
 
 def screen_table(
-    scored: Sequence[Scored], names: Sequence[str], points: Sequence[dict[str, float]]
+    scored: Sequence[Scored],
+    names: Sequence[str],
+    points: Sequence[dict[str, float]],
+    nodes: Sequence[str] = (),
 ) -> pd.DataFrame:
+    """One row per candidate: its ratios (named `names`), cost target, costs and scores, whether
+    it is one of `points`, and the node that scored it (`nodes`, where given)."""
     import pandas as pd
 
     chosen = {tuple(point[n] for n in names) for point in points}
     rows = []
-    for row in scored:
+    for index, row in enumerate(scored):
         fields = asdict(row)
         candidate = fields.pop("candidate")
         rows.append(
@@ -157,6 +166,7 @@ def screen_table(
                 "target": candidate["target"],
                 **fields,
                 "chosen": tuple(candidate["ratios"]) in chosen,
+                **({"node": nodes[index]} if nodes else {}),
             }
         )
     return pd.DataFrame(rows)
@@ -167,32 +177,48 @@ def conclude(directory: Path, config: ExperimentConfig, space: Space) -> float |
     finetuned map beside its candidate's score, the Spearman correlation of the two (logged, and
     returned; None where fewer than 3 screened trials completed), screen.png redrawn with the
     finetuned points over it, and both in TensorBoard."""
-    import pandas as pd
-
     screen = config.search.screen
-    path = directory / SCREEN_CSV
-    if screen is None or not path.is_file():
+    if screen is None or not (directory / SCREEN_CSV).is_file():
         return None
-    table = pd.read_csv(path)
-    names = space.ratio_names
-    finetuned = _finetuned(Ledger.load(directory), names)
-    keys = [tuple(round(float(v), 6) for v in values) for values in table[list(names)].to_numpy()]
-    table["finetuned_map"] = [finetuned.get(key, math.nan) for key in keys]
-    paired = table[table["finetuned_map"].notna()]
-    rho = None
-    if len(paired) >= 3:
-        rho = float(paired[screen.score].corr(paired["finetuned_map"], method="spearman"))
+    table = finetuned_table(directory, space.ratio_names)
+    rhos = spearman(table)
+    rho = rhos.get(screen.score)
+    if rho is not None:
         other = "pruned_map" if screen.score == "bn_map" else "bn_map"
-        rho_other = float(paired[other].corr(paired["finetuned_map"], method="spearman"))
         log.info(
             "screen: Spearman of %s and the finetuned map over %d screened trials: %.3f "
-            "(of %s: %.3f)", screen.score, len(paired), rho, other, rho_other,
+            "(of %s: %.3f)", screen.score, int(table["finetuned_map"].notna().sum()), rho,
+            other, rhos[other],
         )  # fmt: skip
     figure = screen_figure(table, screen.score, rho)
     with atomic_path(directory / SCREEN_PNG) as temporary:
         figure.savefig(temporary, format="png")
     _to_tensorboard(directory, figure, rho)
     return rho
+
+
+def finetuned_table(directory: Path, names: Sequence[str]) -> pd.DataFrame:
+    """screen.csv of the search in `directory`, with the finetuned map (on the selection split)
+    of each candidate a completed trial finetuned (nan for the others)."""
+    import pandas as pd
+
+    table = pd.read_csv(directory / SCREEN_CSV)
+    finetuned = _finetuned(Ledger.load(directory), names)
+    keys = [tuple(round(float(v), 6) for v in values) for values in table[list(names)].to_numpy()]
+    table["finetuned_map"] = [finetuned.get(key, math.nan) for key in keys]
+    return table
+
+
+def spearman(table: pd.DataFrame) -> dict[str, float]:
+    """The Spearman correlation of each score (bn_map, pruned_map) with the finetuned map, over
+    the candidates of `finetuned_table` that were finetuned; empty under 3 of them."""
+    paired = table[table["finetuned_map"].notna()]
+    if len(paired) < 3:
+        return {}
+    return {
+        by: float(paired[by].corr(paired["finetuned_map"], method="spearman"))
+        for by in ("bn_map", "pruned_map")
+    }
 
 
 def _finetuned(ledger: Ledger, names: Sequence[str]) -> dict[tuple[float, ...], float]:

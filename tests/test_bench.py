@@ -226,68 +226,127 @@ def test_the_data_benchmark_measures_the_loader_against_the_train_step(
 quality = _load("bench_search_quality")
 
 
-def _run(method: str, seed: int, points: list[tuple[float, float]]) -> object:
-    """A run starting from the dense model (map 0.8 at 1 GFLOP), then `points` (map, GFLOPs)."""
-    maps, gflops = zip(*[(0.8, 1.0), *points], strict=True)
-    return quality.Run(method, seed, maps, gflops, 0.8, 1.0, minutes=1.0)
+def _run(
+    method: str,
+    seed: int,
+    points: list[tuple[float, float, float]],
+    spearman: dict[str, float] | None = None,
+    minutes: float = 1.0,
+) -> Any:
+    """A run starting from the dense model (val map 0.8, test map 0.78, at 1 GFLOP), then
+    `points` (val map, GFLOPs, test map: nan for a model off the front)."""
+    maps, gflops, tests = zip(*[(0.8, 1.0, 0.78), *points], strict=True)
+    return quality.Run(method, seed, maps, gflops, tests, 0.8, 0.78, 1.0, minutes, spearman or {})
 
 
-def test_a_runs_hypervolume_is_over_the_dense_models_box_and_grows_with_its_trials() -> None:
-    run = _run("tpe-stage", 0, [(0.7, 0.5), (0.5, 0.25)])
-    # (0.5 - 0.25) * 0.5 + (1.0 - 0.5) * 0.7, over the dense box 0.8 * 1.0
-    assert run.hypervolume() == pytest.approx(0.475 / 0.8)
-    assert run.hypervolume(2) == pytest.approx(0.35 / 0.8)  # the first two trials only
-    assert run.hypervolume(1) == 0.0  # the dense model alone dominates nothing inside its box
+NAN = float("nan")
 
 
-def test_the_fewest_gflops_within_one_map_point_of_the_dense_model() -> None:
-    assert _run("sweep", 0, [(0.7, 0.5)]).fewest_gflops() == 1.0  # only the dense model is close
-    close = _run("sweep", 0, [(0.7, 0.3), (0.791, 0.6), (0.789, 0.4)])
-    assert close.fewest_gflops() == 0.6  # 0.789 lies more than 1 point below 0.8
+def test_a_runs_front_is_chosen_on_val_and_read_on_test() -> None:
+    run = _run("screen-stage", 0, [(0.7, 0.5, 0.72), (0.75, 0.6, 0.66), (0.5, 0.25, 0.45),
+                                   (0.4, 0.3, NAN)])  # fmt: skip
+    # (0.7, 0.5) is dominated on val by (0.75, 0.6)? No: it costs less. All three measured are
+    # non-dominated on val; the unmeasured one is left out
+    assert run.front() == [(0.25, 0.5, 0.45), (0.5, 0.7, 0.72), (0.6, 0.75, 0.66), (1.0, 0.8, 0.78)]
+    # at 0.65 GFLOPs the user picks the best val map affordable, (0.6, 0.75): test 0.66, although
+    # the cheaper one reads 0.72 on test
+    assert run.test_map_at(0.65) == 0.66
+    assert run.test_map_at(0.55) == 0.72
+    assert run.test_map_at(0.2) == 0.0  # nothing that cheap
+    dominated = _run("sweep", 0, [(0.7, 0.5, 0.7), (0.6, 0.6, 0.9)])
+    assert (0.6, 0.6, 0.9) not in dominated.front()  # dominated on val: its test map never counts
 
 
-def test_methods_are_summarised_over_seeds_against_the_sweep() -> None:
+def test_the_mean_map_is_the_step_over_20_to_80_percent_fewer_gflops() -> None:
+    # from 0.2 to 0.8 GFLOPs: 0 below 0.25, 0.45 up to 0.5, then 0.72
+    run = _run("sweep", 0, [(0.7, 0.5, 0.72), (0.5, 0.25, 0.45)])
+    expected = (0.05 * 0 + 0.25 * 0.45 + 0.3 * 0.72) / 0.6
+    assert run.mean_map() == pytest.approx(expected, abs=2e-3)  # on a grid of 601 costs
+
+
+def test_a_runs_hypervolume_and_fewest_gflops_are_of_its_test_maps() -> None:
+    run = _run("sweep", 0, [(0.7, 0.5, 0.6), (0.5, 0.25, 0.5)])
+    # (0.5 - 0.25) * 0.5 + (1.0 - 0.5) * 0.6, over the dense box 0.78 * 1.0
+    assert run.hypervolume() == pytest.approx(0.425 / 0.78)
+    assert run.selection_hypervolume(2) == pytest.approx(0.35 / 0.8)  # val maps, 2 trials
+    close = _run("sweep", 0, [(0.79, 0.4, 0.775), (0.795, 0.6, 0.7), (0.78, 0.3, 0.76)])
+    assert close.fewest_gflops() == 0.4  # 0.76 lies more than 1 test point below 0.78
+    assert _run("sweep", 0, [(0.7, 0.5, 0.6)]).fewest_gflops() == 1.0  # the dense model alone
+
+
+def test_methods_are_summarised_seed_by_seed_against_a_reference() -> None:
     runs = [
-        _run("sweep", 0, [(0.79, 0.8), (0.6, 0.5)]),
-        _run("sweep", 1, [(0.795, 0.8), (0.6, 0.5)]),
-        _run("tpe-stage", 0, [(0.795, 0.5), (0.6, 0.25)]),
-        _run("tpe-stage", 1, [(0.792, 0.4), (0.7, 0.5)]),
+        _run("sweep", 0, [(0.7, 0.5, 0.7)], minutes=2.0),
+        _run("sweep", 1, [(0.7, 0.5, 0.6)], minutes=2.0),
+        _run("screen-stage", 0, [(0.75, 0.4, 0.775)], {"bn_map": 0.9, "pruned_map": 0.7}, 2.2),
+        _run("screen-stage", 1, [(0.75, 0.4, 0.772)], {"bn_map": 0.7, "pruned_map": 0.9}, 1.8),
     ]
-    sweep, tpe = quality.summarise(runs)
-    assert (sweep.method, sweep.seeds, tpe.method, tpe.seeds) == ("sweep", 2, "tpe-stage", 2)
-    assert sweep.hypervolume_vs_sweep == pytest.approx(1.0)
-    hv = [r.hypervolume() for r in runs]
-    assert tpe.hypervolume == pytest.approx((hv[2] + hv[3]) / 2)
-    assert (tpe.hypervolume_low, tpe.hypervolume_high) == (min(hv[2:]), max(hv[2:]))
-    assert tpe.hypervolume_vs_sweep == pytest.approx((hv[2] + hv[3]) / (hv[0] + hv[1]))
-    assert tpe.fewest_gflops == pytest.approx(0.45)
-    assert tpe.fewer_gflops_vs_sweep == pytest.approx(0.8 / 0.45)
-    assert quality.best_searched([sweep, tpe]) == (tpe, tpe)
+    sweep, screen = quality.summarise(runs)
+    assert (sweep.method, sweep.seeds, screen.method, screen.seeds) == (
+        "sweep",
+        2,
+        "screen-stage",
+        2,
+    )
+    assert sweep.gain == 0.0
+    gains = [100 * (runs[2 + s].mean_map() - runs[s].mean_map()) for s in (0, 1)]
+    assert screen.gain == pytest.approx(sum(gains) / 2)
+    assert (screen.gain_low, screen.gain_high) == (min(gains), max(gains))
+    assert gains[1] > gains[0] > 0  # seed 1's sweep is the weaker: the gain is taken per seed
+    assert screen.spearman == pytest.approx({"bn_map": 0.8, "pruned_map": 0.8})
+    assert screen.minutes_vs == pytest.approx(1.0)
+    assert sweep.fewest_gflops == 1.0
+    assert screen.fewer_gflops == pytest.approx(1.0 / 0.4)
 
 
-def test_the_targets_are_judged_against_the_stronger_sweep(
+def _quality_runs(screen_gain: float) -> list[Any]:
+    """Two seeds of a sweep, a sensitivity sweep and a screened search `screen_gain` map above
+    the sensitivity sweep."""
+    runs = []
+    for seed in (0, 1):
+        runs += [
+            _run("sweep", seed, [(0.79, 0.8, 0.775), (0.6, 0.5, 0.6), (0.4, 0.25, 0.4)]),
+            _run(
+                "sensitivity-layer",
+                seed,
+                [(0.79, 0.4, 0.775), (0.65, 0.5, 0.65), (0.45, 0.25, 0.45)],
+            ),
+            _run(
+                "screen-stage",
+                seed,
+                [
+                    (0.79, 0.4, 0.775),
+                    (0.65, 0.5, 0.65 + screen_gain),
+                    (0.45, 0.25, 0.45 + screen_gain),
+                ],
+                {"bn_map": 0.85, "pruned_map": 0.6},
+            ),
+        ]
+    return runs
+
+
+def test_the_quality_report_judges_the_screen_against_both_sweeps(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The search beats the sweep at the file's lr twice over, but not the sweep at two lrs:
-    the targets are missed, and the table against each sweep is printed."""
-    runs = [
-        _run("sweep", seed, [(0.6, 0.8), (0.3, 0.5)]) for seed in (0, 1)
-    ] + [
-        _run("sweep-lr", seed, [(0.795, 0.5), (0.7, 0.25)]) for seed in (0, 1)
-    ] + [
-        _run("sensitivity-layer-lr", seed, [(0.795, 0.45), (0.71, 0.25)]) for seed in (0, 1)
-    ]  # fmt: skip
-    assert quality.report(runs, tmp_path, warm_first=2) == 1
+    assert quality.report(_quality_runs(0.05), tmp_path) == 0
     out = capsys.readouterr().out
-    assert "against sweep: best search by hypervolume sensitivity-layer-lr" in out
-    assert "against sweep-lr: best search by hypervolume sensitivity-layer-lr" in out
-    assert "the targets against the stronger of: sweep, sweep-lr" in out
-    lines = [line for line in out.splitlines() if line.startswith("target ")]
-    assert lines[1].startswith(f"target fewer GFLOPs at dense - 1 point, best search vs the "
-                               f"stronger sweep: {0.5 / 0.45:.4g}x")  # fmt: skip
-    saved = json.loads((tmp_path / "search-quality.json").read_text())
-    assert set(saved["against"]) == {"sweep", "sweep-lr"}
-    assert (tmp_path / "search-quality.png").stat().st_size > 0
+    assert "against sweep (test split" in out
+    assert "against sensitivity-layer (test split" in out
+    verdicts = _targets(out.splitlines())
+    assert set(verdicts.values()) == {"met"}
+    assert "Spearman of the screen's bn_map and the finetuned map" in verdicts
+    written = json.loads((tmp_path / "search-quality.json").read_text())
+    assert set(written["against"]) == {"sweep", "sensitivity-layer"}
+    assert written["runs"][2]["spearman"] == {"bn_map": 0.85, "pruned_map": 0.6}
+    assert (tmp_path / "search-quality.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob("*.tmp*"))
+    # a screened search no better than the sensitivity sweep misses the gain
+    assert quality.report(_quality_runs(0.0), tmp_path) == 1
+    verdicts = _targets(capsys.readouterr().out.splitlines())
+    assert verdicts["mean map gain of screen-stage over the best sensitivity sweep"] == "MISSED"
+    # without a sensitivity sweep there is nothing to judge against
+    assert quality.report([r for r in _quality_runs(0.05) if r.method != "sensitivity-layer"],
+                          tmp_path) == 1  # fmt: skip
 
 
 @pytest.mark.parametrize("method", quality.METHODS)
@@ -303,8 +362,13 @@ def test_every_methods_experiment_is_a_valid_search_of_the_default_task(
     source.write_text(yaml.safe_dump(quality.experiment(method, 1, trials=9, epochs=2)))
     config = load_config(source)
     space = build_space(config, str(source))  # ratio counts and ranges checked as a run does
-    assert (config.name, config.search.num_samples, config.search.seed) == (f"{method}-s1", 9, 1)
+    screened = method.startswith("screen-")
+    assert (config.name, config.search.num_samples, config.search.seed) == (
+        f"{method}-s1", 5 if screened else 9, 1
+    )  # fmt: skip
     assert (config.finetune.epochs, config.finetune.seed) == (2, 1)
+    assert config.data.has_validation  # selected on val, reported on test
+    assert (config.search.screen is not None) == screened
     at_lrs = method.endswith("-lr")
     if at_lrs:  # each cost at two lrs: half as many costs
         assert config.search.known_at == {"finetune.lr": [2e-3, 5e-4]}
@@ -343,12 +407,35 @@ def test_every_methods_experiment_is_a_valid_search_of_the_default_task(
             assert len(first) == 9
     else:
         assert config.search.known_points == [0.0]
-        assert config.search.sampler == method.split("-", maxsplit=1)[0]
+        assert config.search.sampler == ("tpe" if screened else method.split("-", 1)[0])
         assert len(space.ratio_names) == (22 if "layer" in method else 6)
         assert [key for key, _ in space.entries] == [
             "finetune.lr", "finetune_loss.coord_scale", "finetune_loss.object_scale"
         ]  # fmt: skip
         assert config.search.warm_start == ("sensitivity" if "warm" in method else "none")
+        if screened:  # the screen's time paid in trials: 4 fewer, 48 candidates
+            assert config.search.screen is not None
+            assert (config.search.screen.candidates, config.search.screen.finetune) == (48, 3)
+
+
+def test_the_quality_benchmark_searches_any_experiment_with_overrides(tmp_path: Path) -> None:
+    import yaml
+
+    from yolov2.config import load_config
+
+    other = tmp_path / "other.yaml"
+    raw = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "default.yaml").read_text())
+    raw["search"]["space"]["prune.ratios"]["high"] = 0.5
+    other.write_text(yaml.safe_dump(raw))
+    made = quality.experiment("sweep", 0, trials=6, epochs=1, base=other,
+                              overrides=["model.width=0.125"])  # fmt: skip
+    source = tmp_path / "made.yaml"
+    source.write_text(yaml.safe_dump(made))
+    config = load_config(source)
+    assert config.model.width == 0.125
+    assert config.search.known_points[-1] == pytest.approx(0.5)  # the file's own range
+    with pytest.raises(SystemExit, match=r"other\.yaml: --set 'nokey'"):
+        quality.experiment("sweep", 0, trials=6, epochs=1, base=other, overrides=["nokey"])
 
 
 early_stop = _load("bench_early_stop")
@@ -408,26 +495,6 @@ def test_every_rules_experiment_is_a_valid_search_of_the_default_task(
     expected = {"none": "NoneType", "asha": "AsyncHyperBandScheduler", "front": "FrontStopper"}
     assert type(scheduler).__name__ == expected[rule]
     assert config.search.warm_start == "none"  # the default's warm start left out: the sampler's
-
-
-def test_the_quality_report_writes_its_figures_and_exits_with_the_verdict(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import json
-
-    runs = [
-        _run("sweep", 0, [(0.79, 0.8), (0.6, 0.5)]),
-        _run("tpe-stage", 0, [(0.795, 0.5), (0.6, 0.25)]),
-        _run("tpe-stage-warm", 0, [(0.5, 0.9), (0.4, 0.8)]),
-    ]
-    assert quality.report(runs, tmp_path, warm_first=2) == 0  # tpe-stage beats the sweep
-    written = json.loads((tmp_path / "search-quality.json").read_text())
-    assert [s["method"] for s in written["summaries"]] == ["sweep", "tpe-stage", "tpe-stage-warm"]
-    assert (tmp_path / "search-quality.png").read_bytes()[:4] == b"\x89PNG"
-    assert not list(tmp_path.glob("*.tmp*"))
-    out = capsys.readouterr().out
-    assert "warm start, seed 0: hypervolume after 2 trials" in out
-    assert quality.report(runs[::2], tmp_path, warm_first=2) == 1  # the warm one alone loses
 
 
 def test_the_early_stop_report_writes_its_figures_and_exits_with_the_verdict(

@@ -488,7 +488,7 @@ def load_config(
     if not isinstance(raw, dict):
         raise InputError(f"{file}: an experiment file is a mapping of sections")
     for override in overrides or []:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     return _validated(raw, file)
 
 
@@ -502,11 +502,12 @@ def config_from_record(
     """
     raw = json.loads(json.dumps(recorded))  # a deep copy: overrides must not touch the record
     for override in overrides or []:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     return _validated(raw, Path(source), Path.cwd())
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> None:
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """`key.sub=value` set in an experiment's raw mapping, the value parsed as YAML."""
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise InputError(f"--set {override!r}: expected key.sub=value")

@@ -335,6 +335,27 @@ def _ledger(directory: Path) -> dict[str, Any]:
     return {r.trial_id: asdict(r) for r in Ledger.load(directory).ordered()}
 
 
+def test_the_screen_spreads_its_candidates_over_the_workers(
+    cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The screen's tasks, one candidate each here, ask for a trial's resources: both workers
+    score candidates, from the dense stage the search published, and the chosen one is a trial."""
+    root = tmp_path_factory.mktemp("screened")
+    screen = "search.screen={candidates: 6, finetune: 1, images: 4, bn_batches: 2}"
+    directory = _run(cluster, root, "screened", "search.num_samples=2", "search.max_concurrent=2",
+                     "search.known_points=[0]", screen)  # fmt: skip
+    table = pd.read_csv(directory / "screen.csv")
+    assert len(table) == 6
+    workers = {n.node_id for n in cluster["workers"].values()}
+    assert {_node_of(cluster, shown).node_id for shown in table["node"]} == workers
+    (chosen,) = table[table["chosen"]].index
+    ratios = [c for c in table.columns if c.startswith("ratio.")]
+    finetuned = [r for r in Ledger.load(directory).completed() if not r.is_dense]
+    assert [[r.params[n] for n in ratios] for r in finetuned] == [
+        table.loc[chosen, ratios].tolist()
+    ]
+
+
 def test_a_killed_driver_is_resumed_from_the_storage_alone(
     cluster: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -345,7 +366,7 @@ def test_a_killed_driver_is_resumed_from_the_storage_alone(
     command = [
         sys.executable, "-m", "search.cli", "run", str(SMOKE), "--address",
         cluster["cluster"].address, "--storage", storage, "--name", "killed",
-        *set_arguments([*OVERRIDES, "search.num_samples=5", "search.max_concurrent=2"]),
+        *set_arguments([*OVERRIDES, "search.num_samples=4", "search.max_concurrent=2"]),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with (tmp_path / "driver.log").open("w") as log:
@@ -373,11 +394,11 @@ def test_a_killed_driver_is_resumed_from_the_storage_alone(
     assert code == 0, err[-3000:]
     directory = second / "runs" / "killed"
     ledger = _ledger(directory)
-    assert len(ledger) == 5
+    assert len(ledger) == 4
     assert all(r["state"] == "COMPLETE" for r in ledger.values())
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{directory / 'study.db'}")
     # one set of books: the study holds the ledger's trials, each once
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials) == sorted(ledger)
     assert f"prune-search best {directory}" in out
     code, out, err = search(["best", str(directory), "--out", str(tmp_path / "best.safetensors")])
@@ -403,7 +424,7 @@ def test_a_dense_config_whose_maker_is_lost_mid_training_is_made_by_a_waiter(
     )
     extra = [
         space, "search.num_samples=2", "search.max_concurrent=2", "search.known_points=[0.3]",
-        "search.max_failures=1", "search.early_stop={rule: front, every: 1}", "train.epochs=100",
+        "search.max_failures=1", "search.early_stop={rule: front, every: 1}", "train.epochs=60",
     ]  # fmt: skip
     outcome: dict[str, Any] = {}
     searching = threading.Thread(
