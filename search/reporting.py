@@ -1,6 +1,6 @@
 """What a search shows while it runs and after: the ledger kept as trials finish, a progress line,
 and TensorBoard (an hparams table with the same columns for every trial, the front as a figure, the
-hypervolume as trials finish); each trial's curves are Ray's, without its hparams.
+hypervolume as trials finish), each trial's curves in the run that holds its hparams.
 
 Ray's own hparams summary covers only searched values and marks failed trials as successes, so
 ours replaces it; the driver writes it under `<exp>/tensorboard`. What grows with the search is
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
+from ray.tune.result import AUTO_RESULT_KEYS
 
 from search import dense
 from search.pareto import (
@@ -41,7 +42,7 @@ from search.pareto import (
 )
 from search.space import Space, is_finite
 from search.storage import DRIVER_FILES, Pusher, Storage
-from search.trainable import FINISHED
+from search.trainable import FINISHED, REPLAYED
 from yolov2.config import ExperimentConfig
 from yolov2.pipeline import TEST_METRICS
 
@@ -55,10 +56,54 @@ VIEWS_DIR = "tensorboard"
 
 
 class TrialCurves(TBXLoggerCallback):
-    """Ray's per-trial scalars (`ray/tune/<metric>` by iteration), without its hparams summary."""
+    """Each trial's curves in the trial's one TensorBoard run, `<exp>/tensorboard/trials/<id>`,
+    beside its hparams row: every number it reports (loss, map, lr, ...) as `progress/<name>` by
+    epoch. Ray's own keys (`done`, times, iterations) and its hparams summary are left out, and
+    none of it goes into Ray's trial folders, so TensorBoard lists one run per trial."""
 
-    def _try_log_hparams(self, trial: Trial, result: dict[str, Any]) -> None:
-        return None
+    def __init__(self, storage: str) -> None:
+        super().__init__()
+        self.storage = storage  # the search's storage; the runs go into its driver's folder
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: no open writers
+        return {**self.__dict__, "_trial_writer": {}, "_trial_result": {}}
+
+    def log_trial_start(self, trial: Trial) -> None:
+        if trial in self._trial_writer:
+            self._trial_writer[trial].close()
+        folder = Storage(self.storage).driver_folder() / VIEWS_DIR / "trials" / trial.trial_id
+        self._trial_writer[trial] = self._summary_writer_cls(str(folder), flush_secs=30)
+        self._trial_result[trial] = {}
+
+    def log_trial_result(self, iteration: int, trial: Trial, result: dict[str, Any]) -> None:
+        if result.get(REPLAYED):  # a finished trial's last report again: drawn already
+            return
+        if trial not in self._trial_writer:
+            self.log_trial_start(trial)
+        writer = self._trial_writer[trial]
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        for name, value in curve_values(result).items():
+            writer.add_scalar(f"progress/{name}", value, global_step=step)
+        writer.flush()
+
+    def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
+        writer = self._trial_writer.pop(trial, None)
+        self._trial_result.pop(trial, None)
+        if writer is not None:
+            writer.close()
+
+
+def curve_values(result: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers a trial reported, without Ray's own keys, flags and the epoch."""
+    skipped = {*AUTO_RESULT_KEYS, "done", "epoch", "trial_id"}
+    return {
+        name: float(value)
+        for name, value in result.items()
+        if name not in skipped
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    }
 
 
 class Every:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -432,7 +433,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=RAY_DIR,
             storage_path=storage.root,
-            callbacks=[SearchViews(config, space, storage.root), TrialCurves()],
+            callbacks=[SearchViews(config, space, storage.root), TrialCurves(storage.root)],
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             # Every checkpoint folder stays: a restored snapshot may name an older one than the
             # newest, and Ray cannot restore a trial whose named checkpoint is gone. The trials
@@ -487,6 +488,15 @@ class FrontSearch(OptunaSearch):
     def __init__(self, *args: Any, search_storage: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._search_storage = search_storage  # the search's storage root: the driver's folder
+
+    def _setup_study(self, mode: str | list[str]) -> None:
+        """The study as OptunaSearch makes it, its objectives named by their metrics (`map` and
+        the cost), as optuna-dashboard and Optuna's plots show them."""
+        super()._setup_study(mode)
+        if self._ot_study is not None and self._metric is not None:
+            with warnings.catch_warnings():  # set_metric_names is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names(list(self._metric))
 
     def restore(self, checkpoint_path: str) -> None:
         """The searcher as a lost driver saved it, bound to this driver's study (a new driver's

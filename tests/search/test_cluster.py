@@ -341,11 +341,11 @@ def test_the_screen_spreads_its_candidates_over_the_workers(
     """The screen's tasks, one candidate each here, ask for a trial's resources: both workers
     score candidates, from the dense stage the search published, and the chosen one is a trial."""
     root = tmp_path_factory.mktemp("screened")
-    screen = "search.screen={candidates: 6, finetune: 1, images: 4, bn_batches: 2}"
+    screen = "search.screen={candidates: 4, finetune: 1, images: 4, bn_batches: 2}"
     directory = _run(cluster, root, "screened", "search.num_samples=2", "search.max_concurrent=2",
                      "search.known_points=[0]", screen)  # fmt: skip
     table = pd.read_csv(directory / "screen.csv")
-    assert len(table) == 6
+    assert len(table) == 4
     workers = {n.node_id for n in cluster["workers"].values()}
     assert {_node_of(cluster, shown).node_id for shown in table["node"]} == workers
     (chosen,) = table[table["chosen"]].index

@@ -137,6 +137,7 @@ def test_the_study_in_sqlite_holds_every_trial_once_with_the_reported_values(
         row = table.loc[trial.user_attrs["ray_trial_id"]]
         assert trial.values == [pytest.approx(row["map"]), pytest.approx(row["size_mb"])]
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["map", "size_mb"]  # as optuna-dashboard names the objectives
 
 
 def _events(path: Path) -> Any:
@@ -184,11 +185,21 @@ def test_tensorboard_shows_hparams_with_equal_columns_the_front_and_the_hypervol
     assert all(c == columns[0] for c in columns)
     assert "finetune.lr" in columns[0]
     assert "ratio.layer22" in columns[0]
-    # each trial's curves are Ray's, by iteration
-    trial_dirs = sorted(searched["dir"].glob("ray/trial_*"))
-    assert len(trial_dirs) == NUM_SAMPLES
-    curves = _events(trial_dirs[0])
-    assert "ray/tune/map" in curves.Tags()["scalars"]
+    # One run per trial: its curves by epoch beside its hparams, none of Ray's own keys, and
+    # nothing in Ray's trial folders.
+    table = _table(searched["dir"]).set_index("trial_id")
+    for run in (views / "trials").iterdir():
+        events = _events(run)
+        tags = set(events.Tags()["scalars"])
+        dense = bool(table.loc[run.name, "dense"])  # the dense point is measured, not finetuned
+        assert ("progress/loss/total" in tags) is not dense
+        assert "progress/map" in tags
+        assert not {t for t in tags if "done" in t or "time" in t or "finished" in t}
+        maps = events.Scalars("progress/map")
+        assert [e.step for e in maps] == sorted({e.step for e in maps})
+        assert maps[-1].value == pytest.approx(table.loc[run.name, "map"], rel=1e-6)
+    assert len(list((views / "trials").iterdir())) == NUM_SAMPLES
+    assert not list(searched["dir"].glob("ray/trial_*/events.out.tfevents.*"))
 
 
 def test_pareto_writes_the_csv_and_the_plot(searched: dict[str, Any], tmp_path: Path) -> None:
