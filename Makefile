@@ -1,15 +1,16 @@
-# The README's two commands: `make run` (the default experiment) and `make test` (lint, types, tests).
-# Both create or reuse .venv/ in the repo root and install the project into it.
+# The README's two commands: `make run` (the default experiment) and `make test` (lint, types,
+# tests, the documentation build). Both create or reuse .venv/ in the repo root and install the
+# project into it; `make docs` builds the documentation site into site/.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test lint bench clean-venv
+.PHONY: run test lint docs bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	# torch and torchvision first, pinned: pip takes them from this machine's disk (CPU use is fine).
+	# torch and torchvision first, pinned to the versions the project is tested with (CPU builds are fine).
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
@@ -23,7 +24,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+test: lint docs
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

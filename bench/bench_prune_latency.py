@@ -1,6 +1,6 @@
 """Filter pruning's real speedup: yolov2-voc at 416, uniform ratio 0.5, one CPU thread, batch 1.
 
-Target (issue 4): measured latency speedup >= 0.8 x the FLOPs reduction, parameters <= 35% of dense.
+Target: measured latency speedup >= 0.8 x the FLOPs reduction, parameters <= 35% of dense.
 Dense and pruned forwards are timed interleaved, so load on the machine hits both alike.
 
     python bench/bench_prune_latency.py [--size 416] [--ratio 0.5] [--repeats 15]

@@ -50,7 +50,7 @@ def main() -> None:
                 f"{batch:>5} {name:>6} {flops[name]:>8.2f} {latency[name]:>9.1f} "
                 f"{reduction:>9.2f}x {speedup:>7.2f}x {speedup / reduction:>9.2f}"
             )
-    # Issue 4's bound, at half the filters and batch 1; the other rows are the curve, not targets.
+    # The bound, at half the filters and batch 1; the other rows are the curve, not targets.
     half = fractions.get((1, "0.5"))
     checked = (
         []

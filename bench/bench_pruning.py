@@ -2,7 +2,7 @@
 
 Runs the default experiment's pipeline three ways on one machine, sharing one cached dense model:
 no pruning (the dense baseline), filter pruning, and weight pruning, and prints their metrics side
-by side. Targets (issue 4): a filter-pruned model with >= 50% fewer FLOPs within 1 mAP point of the
+by side. Targets: a filter-pruned model with >= 50% fewer FLOPs within 1 mAP point of the
 dense model; weight pruning at 80% sparsity with size_mb <= 0.3 x dense.
 
     python bench/bench_pruning.py [--filter-ratio 0.34] [--weight-ratio 0.8] [--set key=value ...]

@@ -1,7 +1,7 @@
 """Does the default experiment reach a real mAP on the CPU, on data hard enough to rank models?
 
-Trains the default dense model and the same recipe at 1/8 of its width, one after the other on this
-machine, and prints the wall time and VOC07 mAP of each. Targets (issue 3): the default reaches
+Trains the default dense model and the same recipe at 1/8 of its width, one after the other on the
+machine that runs it, and prints the wall time and VOC07 mAP of each. Targets: the default reaches
 map >= 0.80 within 10 minutes of training on 2 CPU cores; 1/8 width scores >= 10 points lower.
 
     python bench/bench_train.py [--set key=value ...] [--out DIR]

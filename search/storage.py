@@ -36,7 +36,7 @@ DRIVER_FILES = (EXPERIMENT_FILE, STUDY_FILE, LEDGER_FILE, OLD_LEDGER_FILE)
 APPENDED_FILES = (LEDGER_FILE,)
 APPENDING_FILESYSTEMS = ("local", "hdfs")
 # A file copied whole goes at most once per `search.sync_every_s` for each WHOLE_COPY_BYTES of
-# it: its bytes per second stay bounded however large it grows (README.md, "On a cluster").
+# it: its bytes per second stay bounded however large it grows (docs/cluster.md).
 WHOLE_COPY_BYTES = 64 * 1024
 
 

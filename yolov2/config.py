@@ -3,7 +3,7 @@
 Every section is a frozen pydantic model that forbids unknown keys, so a typo in a YAML file or in a
 `--set` override is an error naming the file and the key, raised before a single image is read. Paths
 are made absolute at load time because Ray runs every trial in its own working directory; a path that
-starts with `${cache}` is in the experiment's cache (`cache_dir`), wherever that is on this machine.
+starts with `${cache}` is in the experiment's cache (`cache_dir`), wherever that is.
 """
 
 from __future__ import annotations
@@ -372,7 +372,7 @@ class SearchConfig(Section):
     # front's TensorBoard views, at most this often (0: at every trial event); always at the end.
     sync_every_s: float = Field(60.0, ge=0)
     # Finetune epochs between the training states a trial checkpoints (the last epoch's always):
-    # what a trial carries on from after a lost node. README.md, "On a cluster", sizes it.
+    # what a trial carries on from after a lost node. docs/cluster.md sizes it.
     checkpoint_every: int = Field(3, ge=1)
     known_points: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.3, 0.5]
     early_stop: EarlyStopConfig | None = None  # none: every trial runs its whole finetune

@@ -7,7 +7,7 @@ architecture: after 5 untimed forwards, 10 blocks of 10 timed ones, and the figu
 of the quietest block (the lowest block median). A node's other work (a finetune beside it, the
 host's) slows whole stretches of forwards, not single ones, so a plain median of consecutive
 forwards follows it; the quietest block's median does much less (bench/bench_latency_noise.py
-measured both: see README, Results). T is the trial's CPUs (`search.cpus_per_trial` rounded down,
+measured both: docs/benchmarks.md). T is the trial's CPUs (`search.cpus_per_trial` rounded down,
 at least 1), in a search and in `prune-search pipeline` alike. The weights are fresh ones: a dense
 kernel's time does not depend on the values, so a weight-pruned model (its zeros keep the dense
 shapes) times as the dense architecture does, which is what it costs on dense kernels.

@@ -472,7 +472,7 @@ def config_of_checkpoint(checkpoint: Path, overrides: list[str] | None = None) -
     `key.sub=value` overrides: `data.root=...` on a machine where the data lives elsewhere."""
     meta = checkpoint_metadata(checkpoint)["meta"]
     if "config" not in meta:
-        raise InputError(f"{checkpoint}: records no experiment; pass --config")
+        raise InputError(f"{checkpoint}: records no experiment; pass --experiment")
     return config_from_record(meta["config"], overrides, f"{checkpoint} (its recorded experiment)")
 
 

@@ -1,12 +1,8 @@
-"""The `prune-search` command line, run in-process through `main`, plus the real console script once."""
+"""The `prune-search` commands, run in-process through `main` (their help: test_help.py)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from search.cli import build_parser, main
+from search.cli import main
 from tests.console import run_main
 from tests.yolov2.conftest import WriteVocTree, jpeg_bytes
 from yolov2.boxes import to_voc_pixels
@@ -26,13 +22,6 @@ from yolov2.engine import detect
 from yolov2.evaluate import Detections, read_results, write_results
 from yolov2.model import YOLOv2, build_model, yolov2_voc
 
-# design.md's contract: the subcommands of the one console script, written out here, not read
-# back from the parser (which would pass whatever the parser holds).
-SUBCOMMANDS = [
-    "run", "resume", "pareto", "best", "refine", "sensitivity", "export", "pipeline", "train",
-    "prune", "eval", "eval-dets", "predict", "compare", "import-darknet", "make-data", "profile",
-    "anchors", "cache",
-]  # fmt: skip
 CLASSES = ["cat", "dog"]
 A, B, C = [10, 10, 50, 50], [100, 100, 150, 150], [200, 10, 260, 80]  # VOC pixels
 
@@ -102,24 +91,7 @@ def _assert_one_line_error(err: str, command: str, path: Path) -> None:
     assert "Traceback" not in err
 
 
-# --- help and the console script ------------------------------------------------------------------
-
-
-def test_the_parser_has_exactly_the_contracts_commands() -> None:
-    (subparsers,) = [
-        action
-        for action in build_parser()._actions
-        if isinstance(action, argparse._SubParsersAction)
-    ]
-    assert sorted(subparsers.choices) == sorted(SUBCOMMANDS)
-
-
-@pytest.mark.parametrize("command", SUBCOMMANDS)
-def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
-    assert exit_info.value.code == 0
-    assert capsys.readouterr().out.startswith(f"usage: prune-search {command}")
+# --- usage errors --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -130,18 +102,6 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         main(argv)
     assert exit_info.value.code == 2
     assert "usage: prune-search" in capsys.readouterr().err
-
-
-def test_console_script_help() -> None:
-    script = Path(sys.executable).parent / "prune-search"
-    result = subprocess.run(
-        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: prune-search")
-    # argparse lists each subcommand at the start of a line indented by four spaces
-    listed = re.findall(r"^    (\S+)", result.stdout, flags=re.MULTILINE)
-    assert sorted(listed) == sorted(SUBCOMMANDS)
 
 
 # --- darknet in and out ---------------------------------------------------------------------------

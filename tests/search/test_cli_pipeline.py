@@ -74,18 +74,20 @@ def test_eval_json_uses_the_data_recorded_in_the_checkpoint(
     assert len(result["ap"]) == 8
 
 
-def test_eval_with_config_reads_that_config_s_data(
+def test_eval_with_experiment_reads_that_experiment_s_data(
     trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     where = ["--set", f"data.root={trained['voc']}", "--set", f"cache_dir={trained['root']}"]
     capsys.readouterr()
-    assert _run(["eval", str(trained["dense"]), "--config", str(SMOKE), *where, "--json"]) == 0
+    assert _run(["eval", str(trained["dense"]), "--experiment", str(SMOKE), *where, "--json"]) == 0
     same = json.loads(capsys.readouterr().out)
     recorded = checkpoint_metadata(trained["dense"])["meta"]["metrics"]
     assert same["map"] == pytest.approx(recorded["map"])
     # The same weights on another image set: the 4 held-out images the model never saw.
     held_out = [*where, "--set", "data.test_sets=[[2007,test]]"]
-    assert _run(["eval", str(trained["dense"]), "--config", str(SMOKE), *held_out, "--json"]) == 0
+    assert (
+        _run(["eval", str(trained["dense"]), "--experiment", str(SMOKE), *held_out, "--json"]) == 0
+    )
     other = json.loads(capsys.readouterr().out)
     assert other["map"] != pytest.approx(recorded["map"])
 

@@ -492,7 +492,7 @@ def opencv_head(cfg: Path, weights: Path, x: torch.Tensor, head_layer: int) -> n
     return np.asarray(net.forward(f"conv_{head_layer}"))
 
 
-# What the README claims. Measured with these random models (outputs up to 2.5 in magnitude):
+# What docs/correctness.md claims. Measured with these random models (outputs up to 2.5 in magnitude):
 # yolov2-voc 1e-5 at most, tiny 3e-6, pruned 4e-7: float32 sums in another order. A batch-norm
 # eps of 1e-5 instead of darknet's 1e-6 differs by 1.4e-4 to 1.8e-4 on yolov2-voc, 4e-5 on tiny.
 OPENCV_MAX_ABS_DIFF = 2e-5

@@ -141,7 +141,7 @@ def test_profile_at_another_size(tmp_path: Path) -> None:
     assert result.sparsity == 0.0
 
 
-# --- the numbers the README and the benchmarks quote, exactly ------------------------------------
+# --- the numbers the docs and the benchmarks quote, exactly --------------------------------------
 
 
 def _cost(arch: Architecture) -> tuple[int, int]:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.cli_args import Commands, add_experiment, positive_int
 from yolov2.errors import InputError
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from search.tuner import Outcome
 
 log = logging.getLogger("prune-search")
-DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "default.yaml"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -42,10 +42,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _conclude(outcome)
 
 
-def add_run(commands: Any) -> None:
-    p = commands.add_parser("run", help="search: Ray Tune trials sampled by Optuna -> Pareto front")
-    p.add_argument("experiment", type=Path, nargs="?", default=DEFAULT_EXPERIMENT,
-                   help="experiment YAML (default: experiments/default.yaml)")  # fmt: skip
+def add_run(commands: Commands) -> None:
+    p = commands.add_parser("run", help="Ray Tune trials sampled by Optuna -> a Pareto front")
+    add_experiment(p)
     p.add_argument("--address", default=None,
                    help="a running Ray cluster ('auto', or host:port); default: a new loopback "
                         "Ray instance on this machine")  # fmt: skip
@@ -56,8 +55,6 @@ def add_run(commands: Any) -> None:
                         "after every trial")  # fmt: skip
     p.add_argument("--name", help="experiment folder name (default: the experiment's name)")
     p.add_argument("--num-samples", type=positive_int, help="trials (default: search.num_samples)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set finetune.epochs=4 (repeatable)")  # fmt: skip
     p.set_defaults(run=cmd_run)
 
 
@@ -67,9 +64,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _conclude(tuner.resume(args.experiment_dir, args.address))
 
 
-def add_resume(commands: Any) -> None:
+def add_resume(commands: Commands) -> None:
     p = commands.add_parser("resume", help="finish a search after Ctrl-C or a lost driver")
-    _add_experiment(p)
+    _add_experiment_dir(p)
     p.add_argument("--address", default=None, help="a running Ray cluster (default: loopback)")
     p.set_defaults(run=cmd_resume)
 
@@ -143,9 +140,9 @@ def _failures(front: Front) -> str:
     return ("not on the front:\n" + "".join(lines)) if lines else ""
 
 
-def add_pareto(commands: Any) -> None:
+def add_pareto(commands: Commands) -> None:
     p = commands.add_parser("pareto", help="the Pareto front of a search: table, CSV, plot")
-    _add_experiment(p)
+    _add_experiment_dir(p)
     p.add_argument("--csv", type=Path, help="write one row per trial, with a `pareto` column")
     p.add_argument("--plot", type=Path, help="write map against the cost as a PNG")
     p.add_argument("--cost", choices=["size_mb", "gflops", "latency_ms"],
@@ -170,7 +167,7 @@ def _front(directory: Path, cost: str | None, which: str = "searched") -> Front:
     return pareto_front(trials_table(ledger, space.columns), cost or config.search.cost)
 
 
-def _add_front_choice(p: Any) -> None:
+def _add_front_choice(p: argparse.ArgumentParser) -> None:
     p.add_argument("--front", choices=["searched", "refined"], default="searched",
                    help="the searched front, or the one `refine` made (default: searched)")  # fmt: skip
 
@@ -261,15 +258,16 @@ def _copy_checkpoint(directory: Path, row: Any, out: Path) -> None:
             shutil.copyfile(source, temporary)
 
 
-def add_best(commands: Any) -> None:
+def add_best(commands: Commands) -> None:
     p = commands.add_parser("best", help="the front's checkpoint that fits a budget")
-    _add_experiment(p)
+    _add_experiment_dir(p)
     p.add_argument("--pick", choices=["best-map", "smallest", "knee"], default="best-map",
                    help="among the front points within the budget (default: best-map)")  # fmt: skip
-    p.add_argument("--min-map", type=float, metavar="X")
-    p.add_argument("--max-size-mb", type=float, metavar="Y")
-    p.add_argument("--max-gflops", type=float, metavar="Z")
-    p.add_argument("--max-latency-ms", type=float, metavar="W")
+    p.add_argument("--min-map", type=float, metavar="X", help="budget: map at least X")
+    p.add_argument("--max-size-mb", type=float, metavar="Y", help="budget: size_mb at most Y")
+    p.add_argument("--max-gflops", type=float, metavar="Z", help="budget: gflops at most Z")
+    p.add_argument("--max-latency-ms", type=float, metavar="W",
+                   help="budget: latency_ms at most W")  # fmt: skip
     p.add_argument("--cost", choices=["size_mb", "gflops", "latency_ms"],
                    help="the front's cost axis (default: the search's own)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
@@ -299,9 +297,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_refine(commands: Any) -> None:
+def add_refine(commands: Commands) -> None:
     p = commands.add_parser("refine", help="finetune the front's points longer: the refined front")
-    _add_experiment(p)
+    _add_experiment_dir(p)
     p.add_argument("--epochs", type=positive_int,
                    help="finetune epochs of each point (default: 3x the search's)")  # fmt: skip
     p.add_argument("--address", default=None,
@@ -310,19 +308,7 @@ def add_refine(commands: Any) -> None:
     p.set_defaults(run=cmd_refine)
 
 
-def _add_experiment(p: Any) -> None:
-    p.add_argument("experiment_dir", help="the experiment folder (<storage>/<name>), or the "
+def _add_experiment_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="the experiment folder (<storage>/<name>), or the "
                    "search's storage URI (<storage URI>/<name>) from any machine: its study, "
                    "ledger and experiment come into ./runs/<name> when that is empty")  # fmt: skip
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
-
-
-def add_search_commands(commands: Any) -> None:
-    for add in (add_run, add_resume, add_pareto, add_best, add_refine):
-        add(commands)
