@@ -232,13 +232,12 @@ def _check_screen(config: ExperimentConfig, space: Space, where: str) -> None:
     the GFLOPs that filter pruning removes."""
     if space.ratios is None:
         raise InputError(f"{where}: screening draws {RATIOS}; search it in search.space")
-    if config.prune.method != "filter":
-        raise InputError(f"{where}: candidates are spread by the GFLOPs filter pruning removes; "
-                         f"prune.method is {config.prune.method}")  # fmt: skip
-    if space.touches_dense:
-        keys = ", ".join(k for k, _ in space.entries if k.split(".")[0] in DENSE_SECTIONS)
-        raise InputError(f"{where}: candidates are pruned from the experiment's one dense model, "
-                         f"but search.space changes the dense stage ({keys})")  # fmt: skip
+    _check_filters_of_one_dense_model(
+        config,
+        space,
+        f"{where}: candidates are spread by the GFLOPs filter pruning removes",
+        f"{where}: candidates are pruned from",
+    )
 
 
 def _checked_ratios(searched: Searched, where: str) -> Searched:
@@ -259,13 +258,26 @@ def _check_warm_start(config: ExperimentConfig, space: Space, where: str) -> Non
     if space.ratios.groups == "uniform":
         raise InputError(f"{where}: sensitivity prunes each stage or layer alone, but {RATIOS} "
                          "has groups uniform; search groups stage or layer")  # fmt: skip
+    _check_filters_of_one_dense_model(
+        config,
+        space,
+        f"{where}: its budgets are GFLOPs to remove, which filter pruning removes",
+        f"{where}: sensitivity is measured on",
+    )
+
+
+def _check_filters_of_one_dense_model(
+    config: ExperimentConfig, space: Space, by_gflops: str, from_dense: str
+) -> None:
+    """What the screen and the warm start share: they prune filters (their costs are the GFLOPs
+    filter pruning removes) of the experiment's one dense model, which the space must leave be.
+    `by_gflops` and `from_dense` begin the two refusals."""
     if config.prune.method != "filter":
-        raise InputError(f"{where}: its budgets are GFLOPs to remove, which filter pruning "
-                         f"removes; prune.method is {config.prune.method}")  # fmt: skip
+        raise InputError(f"{by_gflops}; prune.method is {config.prune.method}")
     if space.touches_dense:
         keys = ", ".join(k for k, _ in space.entries if k.split(".")[0] in DENSE_SECTIONS)
-        raise InputError(f"{where}: sensitivity is measured on the experiment's one dense model, "
-                         f"but search.space changes the dense stage ({keys})")  # fmt: skip
+        raise InputError(f"{from_dense} the experiment's one dense model, but search.space "
+                         f"changes the dense stage ({keys})")  # fmt: skip
 
 
 def _check_known_at(config: ExperimentConfig, space: Space, where: str) -> None:
