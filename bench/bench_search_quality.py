@@ -232,6 +232,7 @@ def experiment(
     low, high = ratios.get("low", 0.0), ratios.get("high", 0.6)
     raw.setdefault("finetune", {}).update(epochs=epochs, seed=seed)
     search.update(num_samples=trials, seed=seed, known_points=[0.0])
+    screen = search.get("screen") or {}  # its settings, for the screened methods
     for key in ("warm_start", "warm_start_budgets", "screen", "known_at"):
         search.pop(key, None)  # each only where a method names it
     at_lrs = method.endswith(AT_LRS)
@@ -263,7 +264,12 @@ def experiment(
         search.update(
             sampler="tpe",
             num_samples=kept,
-            screen={"candidates": candidates, "finetune": max(1, min(6, kept - 2))},
+            # the experiment's screen settings (and --set's) but for how many
+            screen={
+                **screen,
+                "candidates": candidates,
+                "finetune": max(1, min(6, kept - 2)),
+            },
         )
         return raw
     search["sampler"] = sampler

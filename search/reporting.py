@@ -80,8 +80,9 @@ class TrialCurves(TBXLoggerCallback):
             return
         if trial not in self._trial_writer:
             self.log_trial_start(trial)
-        writer = self._trial_writer[trial]
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        writer, seen = self._trial_writer[trial], self._trial_result[trial]
+        # The final report names no epoch: it belongs to the last one reported.
+        step = seen["epoch"] = int(result.get("epoch", seen.get("epoch", 0)))
         for name, value in curve_values(result).items():
             writer.add_scalar(f"progress/{name}", value, global_step=step)
         writer.flush()
@@ -413,18 +414,25 @@ def front_figure(front: Front) -> Figure:
     done = table[table["state"] == COMPLETE]
     axes.scatter(done[cost], done["map"], s=22, color="0.6", label="trials")
     points = front.points
-    axes.plot(points[cost], points["map"], "-o", color="tab:blue", ms=5, label="Pareto front")
+    split = selection_split(table)
+    axes.plot(points[cost], points["map"], "-o", color="tab:blue", ms=5,
+              label=f"Pareto front on {split}")  # fmt: skip
     dense = dense_rows(done)
     if len(dense):
-        axes.scatter(dense[cost], dense["map"], marker="*", s=160, color="tab:red", label="dense")
-    split = selection_split(table)
-    tested = points[points["test_map"].notna()] if split == "val" else points.iloc[:0]
-    if len(tested):  # the front's models on the test split, measured after the search chose them
-        axes.plot(tested[cost], tested["test_map"], "--o", color="tab:green", ms=5, mfc="none",
-                  label="the front on test")  # fmt: skip
+        axes.scatter(dense[cost], dense["map"], marker="*", s=160, color="tab:red",
+                     label=f"dense on {split}")  # fmt: skip
+    if split == "val":  # the front's models on the test split, measured after the search chose them
+        tested = points[points["test_map"].notna()]
+        if len(tested):
+            axes.plot(tested[cost], tested["test_map"], "--o", color="tab:green", ms=5,
+                      mfc="none", label="the front on test")  # fmt: skip
+        dense = dense[dense["test_map"].notna()]
+        if len(dense):
+            axes.scatter(dense[cost], dense["test_map"], marker="*", s=160, color="tab:green",
+                         facecolors="none", label="dense on test")  # fmt: skip
     failed = int((table["state"] != COMPLETE).sum())
     axes.set_xlabel(f"{cost} ({COST_UNITS[cost]})")
-    axes.set_ylabel(f"map on {split} (VOC07 11-point, IoU 0.5)")
+    axes.set_ylabel("map (VOC07 11-point, IoU 0.5)")
     axes.set_title(f"{len(done)} completed trials, {failed} failed or stopped")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")

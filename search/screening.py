@@ -103,7 +103,7 @@ def plan(config: ExperimentConfig, space: Space, storage: Storage) -> Screen:
         log.info("screen: %d of %d candidates scored", len(scored), len(candidates))
     scored.sort(key=lambda pair: pair[0].candidate.index)
     rows = [row for row, _ in scored]
-    chosen = choose(rows, screen.finetune, screen.score)
+    chosen = choose(rows, screen.finetune, screen.score, screen.spread)
     points = tuple(dict(zip(names, row.candidate.ratios, strict=True)) for row in chosen)
     for row in chosen:
         log.info("screen: chose %s: %.1f%% of the dense GFLOPs, %s %.4f", _ratios(row),
@@ -126,22 +126,41 @@ def score_chunk(
     return ray_placement()["node"], rows
 
 
-def choose(scored: Sequence[Scored], count: int, by: str) -> list[Scored]:
-    """`count` candidates spread along the cost axis: the GFLOPs range cut into `count` equal
-    slices, the best by `by` in each (a slice without a candidate gives its turn to the best
-    left anywhere), cheapest first."""
+def choose(scored: Sequence[Scored], count: int, by: str, spread: str = "slices") -> list[Scored]:
+    """`count` candidates spread along the cost axis, cheapest first. `slices`: the GFLOPs range
+    cut into `count` equal slices, the best by `by` in each (a slice without a candidate gives its
+    turn to the best left anywhere). `front`: the candidates no other beats by `by` at no more
+    GFLOPs, the one nearest each of `count` costs evenly spaced over them (the rest by `by` when
+    the front has fewer)."""
     if not scored:
         return []
-    costs = [row.gflops for row in scored]
-    low, high = min(costs), max(costs)
-    width = (high - low) / count or 1.0
-    slices: dict[int, list[Scored]] = {}
-    for row in scored:
-        slices.setdefault(min(count - 1, int((row.gflops - low) / width)), []).append(row)
-    chosen = [max(rows, key=lambda r: getattr(r, by)) for rows in slices.values()]
+    if spread == "front":
+        chosen = _along_the_front(scored, count, by)
+    else:
+        costs = [row.gflops for row in scored]
+        low, high = min(costs), max(costs)
+        width = (high - low) / count or 1.0
+        slices: dict[int, list[Scored]] = {}
+        for row in scored:
+            slices.setdefault(min(count - 1, int((row.gflops - low) / width)), []).append(row)
+        chosen = [max(rows, key=lambda r: getattr(r, by)) for rows in slices.values()]
     rest = sorted((r for r in scored if r not in chosen), key=lambda r: -getattr(r, by))
     chosen += rest[: count - len(chosen)]
     return sorted(chosen, key=lambda r: r.gflops)
+
+
+def _along_the_front(scored: Sequence[Scored], count: int, by: str) -> list[Scored]:
+    front: list[Scored] = []
+    for row in sorted(scored, key=lambda r: (r.gflops, -getattr(r, by))):
+        if not front or getattr(row, by) > getattr(front[-1], by):
+            front.append(row)
+    low, high = front[0].gflops, front[-1].gflops
+    chosen: list[Scored] = []
+    for k in range(min(count, len(front))):
+        target = low + (high - low) * k / max(count - 1, 1)
+        left = [r for r in front if r not in chosen]
+        chosen.append(min(left, key=lambda r: abs(r.gflops - target)))
+    return chosen
 
 
 def screen_table(

@@ -436,6 +436,15 @@ def test_the_quality_benchmark_searches_any_experiment_with_overrides(tmp_path: 
     assert config.search.known_points[-1] == pytest.approx(0.5)  # the file's own range
     with pytest.raises(SystemExit, match=r"other\.yaml: --set 'nokey'"):
         quality.experiment("sweep", 0, trials=6, epochs=1, base=other, overrides=["nokey"])
+    # the screened method keeps the experiment's screen settings but for its own counts
+    screened = quality.experiment("screen-stage", 0, trials=12, epochs=1, base=other,
+                                  overrides=["search.screen.spread=front"], candidates=30)  # fmt: skip
+    assert screened["search"]["screen"] == {
+        **raw["search"]["screen"],
+        "spread": "front",
+        "candidates": 30,
+        "finetune": 6,
+    }
 
 
 early_stop = _load("bench_early_stop")

@@ -326,11 +326,15 @@ class ScreenConfig(Section):
     allocations of `prune.ratios` drawn evenly over the cost range, each pruned and scored on the
     first `images` images of the selection split without finetuning (`score`: its map after
     adaptive batch norm on `bn_batches` training batches, or as pruned); the best `finetune` of
-    them, spread along the cost axis, are the search's first trials after the known points."""
+    them, spread along the cost axis, are the search's first trials after the known points:
+    `spread: slices`, the best of each of `finetune` equal slices of the cost range; `spread:
+    front`, the screen's own front (no candidate scored higher at no more GFLOPs) at `finetune`
+    costs evenly spaced from its cheapest point to its dearest."""
 
     candidates: int = Field(120, ge=2)
     finetune: int = Field(6, ge=1)
     score: Literal["bn_map", "pruned_map"] = "bn_map"
+    spread: Literal["slices", "front"] = "slices"
     images: int = Field(200, ge=1)
     bn_batches: int = Field(20, ge=1)
 

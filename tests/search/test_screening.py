@@ -129,3 +129,32 @@ def test_a_screen_without_ratios_to_search_is_refused_before_ray_starts(
         .endswith("screening draws prune.ratios; search it in search.space")
     )
     assert not list(tmp_path.iterdir())
+
+
+def _scored(points: list[tuple[float, float]]) -> list[Any]:
+    from yolov2.screen import Candidate, Scored
+
+    return [
+        Scored(Candidate(i, (0.0,), gflops), gflops, 0, pruned_map=m / 2, bn_map=m)
+        for i, (gflops, m) in enumerate(points)
+    ]
+
+
+# (GFLOPs, bn_map): the best of each cost slice is its dearest candidate; the screen's front
+# reaches the cheapest one.
+CANDIDATES = [(0.20, 0.10), (0.29, 0.40), (0.31, 0.20), (0.45, 0.50), (0.50, 0.55), (0.58, 0.60),
+              (0.62, 0.58), (0.79, 0.70), (0.80, 0.65), (1.00, 0.80)]  # fmt: skip
+
+
+def test_slices_choose_the_best_of_each_cost_slice() -> None:
+    chosen = screening.choose(_scored(CANDIDATES), 4, "bn_map", "slices")
+    assert [r.gflops for r in chosen] == [0.29, 0.58, 0.79, 1.00]
+
+
+def test_the_front_spread_chooses_front_points_nearest_evenly_spaced_costs() -> None:
+    chosen = screening.choose(_scored(CANDIDATES), 4, "bn_map", "front")
+    # front: 0.20, 0.29, 0.45, 0.50, 0.58, 0.79, 1.00; targets 0.20, 0.467, 0.733, 1.00
+    assert [r.gflops for r in chosen] == [0.20, 0.45, 0.79, 1.00]
+    # a front of fewer points than asked for: the rest by score
+    two = _scored([(0.2, 0.1), (0.5, 0.6), (0.4, 0.05), (0.9, 0.5)])
+    assert [r.gflops for r in screening.choose(two, 3, "bn_map", "front")] == [0.2, 0.5, 0.9]
