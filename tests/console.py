@@ -25,8 +25,12 @@ def run_main(argv: list[str]) -> int:
 
 
 def run_captured(argv: list[str]) -> tuple[int, str, str]:
-    """`main(argv)` as above, with its stdout and stderr: (exit code, stdout, stderr)."""
+    """`main(argv)` as above, with its stdout and stderr: (exit code, stdout, stderr). The parser's
+    own refusals exit as a process would: their code, not an exception."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_main(argv)
+        try:
+            code = run_main(argv)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
     return code, out.getvalue(), err.getvalue()
