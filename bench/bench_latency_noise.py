@@ -12,7 +12,9 @@ rounds, each started afresh, so the machine's other work hits every way.
 
 Target: the spread of the search's way's figures, their interquartile range / their median, <= 5%
 (the quartiles, so that one burst of work outside the bench does not decide it; (max - min) /
-median is printed too). The other ways' spreads and their ratios to it are printed beside it.
+median is printed too). The other ways' spreads and their ratios to it are printed beside it, and
+so is the floor: the search's way on the idle machine (no finetune beside it), in the same rounds.
+Where that floor is above the target, no way of timing in the process can meet it on that machine.
 
     python bench/bench_latency_noise.py [--measurements 24] [--rounds 4] [--cpus 1]
 """
@@ -39,6 +41,7 @@ PLAIN = Method(warmup=5, blocks=1, per_block=30)  # one block: a plain median of
 # Other splits of the same 100 timed forwards, timed beside the search's way so that a change of
 # the method rests on figures of one run: (blocks, per block).
 SPLITS = [(10, 10), (20, 5), (100, 1)]
+IDLE = "idle"  # no finetune beside: how much the machine itself moves the figure
 # A finetune of the default model on random batches (batch 16 at 160, AdamW), until killed.
 LOAD = """
 import sys, torch
@@ -84,6 +87,7 @@ def main() -> None:
     search_name = f"search: quietest block, {args.cpus} thr"
     plain_name = f"same slot: median of 30, {args.cpus} thr"
     old_name = f"old: median of 20, {default_threads} thr"
+    idle_name = f"idle: quietest block, {args.cpus} thr"
     # Each load's ways, timed in turn (so the load's changes hit them alike), with its threads.
     loads: dict[str, dict[str, Callable[[], float]]] = {
         str(slot): {
@@ -98,6 +102,8 @@ def main() -> None:
             },
         },
         "default": {old_name: lambda: latency_ms(model, (size, size))},
+        # the machine's own floor: the search's way with nothing beside it
+        IDLE: {idle_name: lambda: time_architecture(arch, cpu, args.cpus).latency_ms},
     }
     figures: dict[str, list[float]] = {name: [] for ways in loads.values() for name in ways}
     per_round = max(1, args.measurements // args.rounds)
@@ -111,7 +117,8 @@ def main() -> None:
     print(
         f"{time.strftime('%Y-%m-%d')}, {device_name(cpu)}, {cores} cores; default model "
         f"(width {config.model.width}) at {size}x{size}, batch 1; beside a finetune at "
-        f"{slot} thread(s) (search, same slot) or {default_threads} (old); load average before "
+        f"{slot} thread(s) (search, same slot), {default_threads} (old) or none (idle); load "
+        f"average before "
         f"{before:.1f}, after {os.getloadavg()[0]:.1f} (1 min)"
     )
     spreads = print_table(figures)
@@ -126,7 +133,8 @@ def main() -> None:
     )
     print(
         f"IQR/median old / search: {spreads[old_name] / search:.1f}x, same slot's plain median / "
-        f"search: {spreads[plain_name] / search:.1f}x ({per_round * args.rounds} figures each)"
+        f"search: {spreads[plain_name] / search:.1f}x, search / idle machine: "
+        f"{search / spreads[idle_name]:.1f}x ({per_round * args.rounds} figures each)"
     )
     target = Target("IQR/median of the search's way", search * 100, "<=", 5.0, "%")
     raise SystemExit(check([target]))
@@ -162,7 +170,10 @@ def iqr(values: list[float]) -> float:
 @contextmanager
 def finetune_beside(threads: str) -> Iterator[None]:
     """A finetune in another process at `threads` torch threads ('default': torch's own choice),
-    running from before the first timing to after the last."""
+    running from before the first timing to after the last; none at all for IDLE."""
+    if threads == IDLE:
+        yield
+        return
     process = subprocess.Popen(
         [sys.executable, "-c", LOAD, threads, str(DEFAULT)],
         stdout=subprocess.PIPE,

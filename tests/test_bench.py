@@ -1,8 +1,8 @@
 """The benchmarks' verdicts: a missed target prints MISSED and makes the exit status non-zero.
 
 The quick benchmarks run here on tiny inputs (bench_voc_eval, bench_prune_latency,
-bench_pruned_speed, bench_data), through their own `main`; of those that take minutes, the
-functions that decide the verdict (search quality, early stopping) run on hand-made runs.
+bench_pruned_speed, bench_data, bench_latency_noise), through their own `main`; of those that take
+minutes, the functions that decide the verdict (search quality, early stopping) run on hand-made runs.
 """
 
 from __future__ import annotations
@@ -184,6 +184,29 @@ def test_the_prune_latency_benchmark_exits_non_zero_when_a_target_is_missed(
     assert "target params pruned / dense: 1 (target <= 0.35): MISSED" in lines
     assert set(_targets(lines)) == {"params pruned / dense", "speedup / FLOPs reduction"}
     assert code == 1
+
+
+def test_the_latency_noise_benchmark_times_every_way_and_the_idle_floor_and_judges_the_search(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--measurements", "2", "--rounds", "1"]
+    code, lines = _main("bench_latency_noise", argv, monkeypatch, capsys)
+    rows = {
+        line[:32].rstrip().split(":")[0]: line.split()
+        for line in lines
+        if line[:32].rstrip().endswith(" thr")
+    }  # each way's row: its name, median, min, max, (max-min)/median, IQR/median
+    assert list(rows) == ["search", "same slot", "lowest of 20 x 5, 1 thr",
+                          "lowest of 100 x 1, 1 thr", "old", "idle"]  # fmt: skip
+    spreads = {way: float(row[-1].rstrip("%")) for way, row in rows.items()}
+    (ratio,) = [line for line in lines if line.startswith("IQR/median old / search")]
+    floor = float(ratio.split("search / idle machine: ")[1].split("x")[0])
+    assert floor == pytest.approx(spreads["search"] / spreads["idle"], rel=0.1, abs=0.06)
+    (line,) = [line for line in lines if line.startswith("target ")]
+    judged = float(line.split(": ")[1].split("%")[0])
+    assert judged == pytest.approx(spreads["search"], abs=0.06)  # the row's spread, to 1 place
+    assert _targets(lines) == {"IQR/median of the search's way": "met" if judged <= 5 else "MISSED"}
+    assert code == (0 if judged <= 5 else 1)
 
 
 def test_the_pruned_speed_benchmark_judges_the_fraction_it_printed(
