@@ -372,6 +372,33 @@ def test_the_quality_report_judges_the_screen_against_both_sweeps(
                           tmp_path) == 1  # fmt: skip
 
 
+def test_the_search_the_docs_give_as_the_strongest_is_the_benchmarks_sensitivity_layer(
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    from search.space import build_space
+    from yolov2.config import load_config
+
+    text = (BENCH.parent / "docs" / "search.md").read_text()
+    block = text.split("(the rest as they are):\n\n```yaml\n")[1].split("```")[0]
+    given = yaml.safe_load(block)["search"]
+    raw = quality.default_experiment("strongest", quality.DEFAULT, [])
+    raw["search"].pop("screen")
+    raw["search"].update(given)
+    source = tmp_path / "strongest.yaml"
+    source.write_text(yaml.safe_dump(raw))
+    config = load_config(source)
+    space = build_space(config, str(source))
+    assert (len(space.ratio_names), space.entries) == (22, ())  # every layer, nothing sampled
+    # one trial per budget after the dense model: the benchmark's run at the default's 12 trials
+    bench = quality.experiment("sensitivity-layer", 0, trials=12, epochs=5)["search"]
+    assert config.search.num_samples == 1 + len(config.search.warm_start_budgets) == 12
+    for key in ("known_points", "warm_start", "space"):
+        assert given[key] == bench[key]
+    assert given["warm_start_budgets"] == pytest.approx(bench["warm_start_budgets"], abs=0.005)
+
+
 @pytest.mark.parametrize("method", quality.METHODS)
 def test_every_methods_experiment_is_a_valid_search_of_the_default_task(
     method: str, tmp_path: Path
