@@ -91,8 +91,8 @@ def main() -> None:
     # Each load's ways, timed in turn (so the load's changes hit them alike), with its threads.
     loads: dict[str, dict[str, Callable[[], float]]] = {
         str(slot): {
-            search_name: lambda: time_architecture(arch, cpu, args.cpus).latency_ms,
-            plain_name: lambda: time_architecture(arch, cpu, args.cpus, PLAIN).latency_ms,
+            search_name: timer(arch, args.cpus, Method()),
+            plain_name: timer(arch, args.cpus, PLAIN),
             **{
                 f"lowest of {blocks} x {per}, {args.cpus} thr": timer(
                     arch, args.cpus, Method(5, blocks, per)
@@ -103,7 +103,7 @@ def main() -> None:
         },
         "default": {old_name: lambda: latency_ms(model, (size, size))},
         # the machine's own floor: the search's way with nothing beside it
-        IDLE: {idle_name: lambda: time_architecture(arch, cpu, args.cpus).latency_ms},
+        IDLE: {idle_name: timer(arch, args.cpus, Method())},
     }
     figures: dict[str, list[float]] = {name: [] for ways in loads.values() for name in ways}
     per_round = max(1, args.measurements // args.rounds)
@@ -118,8 +118,7 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}, {device_name(cpu)}, {cores} cores; default model "
         f"(width {config.model.width}) at {size}x{size}, batch 1; beside a finetune at "
         f"{slot} thread(s) (search, same slot), {default_threads} (old) or none (idle); load "
-        f"average before "
-        f"{before:.1f}, after {os.getloadavg()[0]:.1f} (1 min)"
+        f"average before {before:.1f}, after {os.getloadavg()[0]:.1f} (1 min)"
     )
     spreads = print_table(figures)
     search = spreads[search_name]

@@ -1,8 +1,9 @@
 """The benchmarks' verdicts: a missed target prints MISSED and makes the exit status non-zero.
 
 The quick benchmarks run here on tiny inputs (bench_voc_eval, bench_prune_latency,
-bench_pruned_speed, bench_data, bench_latency_noise), through their own `main`; of those that take
-minutes, the functions that decide the verdict (search quality, early stopping) run on hand-made runs.
+bench_pruned_speed, bench_data, bench_latency_noise), through their own `main`; of those that
+take minutes, the functions that decide the verdict (search quality, early stopping) run on
+hand-made runs.
 """
 
 from __future__ import annotations
