@@ -373,31 +373,34 @@ def test_the_quality_report_judges_the_screen_against_both_sweeps(
                           tmp_path) == 1  # fmt: skip
 
 
-def test_the_search_the_docs_give_as_the_strongest_is_the_benchmarks_sensitivity_layer(
-    tmp_path: Path,
-) -> None:
-    import yaml
-
+def test_the_default_search_is_the_benchmarks_strongest_the_sensitivity_layer_sweep() -> None:
     from search.space import build_space
     from yolov2.config import load_config
 
-    text = (BENCH.parent / "docs" / "search.md").read_text()
-    block = text.split("(the rest as they are):\n\n```yaml\n")[1].split("```")[0]
-    given = yaml.safe_load(block)["search"]
-    raw = quality.default_experiment("strongest", quality.DEFAULT, [])
-    raw["search"].pop("screen")
-    raw["search"].update(given)
-    source = tmp_path / "strongest.yaml"
-    source.write_text(yaml.safe_dump(raw))
+    source = quality.DEFAULT
     config = load_config(source)
     space = build_space(config, str(source))
-    assert (len(space.ratio_names), space.entries) == (22, ())  # every layer, nothing sampled
+    assert config.search.screen is None
+    assert len(space.ratio_names) == 22  # every prunable layer
     # one trial per budget after the dense model: the benchmark's run at the default's 12 trials
-    bench = quality.experiment("sensitivity-layer", 0, trials=12, epochs=5)["search"]
-    assert config.search.num_samples == 1 + len(config.search.warm_start_budgets) == 12
-    for key in ("known_points", "warm_start", "space"):
-        assert given[key] == bench[key]
-    assert given["warm_start_budgets"] == pytest.approx(bench["warm_start_budgets"], abs=0.005)
+    bench_raw = quality.experiment("sensitivity-layer", 0, trials=12, epochs=5)
+    bench = bench_raw["search"]
+    search = config.search
+    assert search.num_samples == 1 + len(search.warm_start_budgets) == bench["num_samples"] == 12
+    assert (search.known_points, search.warm_start) == (bench["known_points"], bench["warm_start"])
+    assert search.warm_start_budgets == pytest.approx(bench["warm_start_budgets"], abs=0.005)
+    assert space.ratios is not None
+    shape = space.ratios.model_dump(include={"groups", "low", "high"})
+    assert shape == bench["space"]["prune.ratios"]
+    # the default's space searches the lr and loss scales too, for trials past the twelfth; its
+    # enqueued points have them at the values the benchmark's run finetunes with
+    (point,) = space.first_points(config, [dict.fromkeys(space.ratio_names, 0.1)])[1:]
+    assert {key: point[key] for key, _ in space.entries} == {
+        "finetune.lr": bench_raw["finetune"]["lr"],
+        "finetune_loss.coord_scale": bench_raw["loss"]["coord_scale"],
+        "finetune_loss.object_scale": bench_raw["loss"]["object_scale"],
+    }
+    assert "finetune_loss" not in bench_raw  # so the benchmark finetunes with the loss section
 
 
 @pytest.mark.parametrize("method", quality.METHODS)
@@ -477,6 +480,7 @@ def test_the_quality_benchmark_searches_any_experiment_with_overrides(tmp_path: 
     other = tmp_path / "other.yaml"
     raw = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "default.yaml").read_text())
     raw["search"]["space"]["prune.ratios"]["high"] = 0.5
+    raw["search"]["screen"] = {"candidates": 120, "finetune": 6, "images": 100, "bn_batches": 10}
     other.write_text(yaml.safe_dump(raw))
     made = quality.experiment("sweep", 0, trials=6, epochs=1, base=other,
                               overrides=["model.width=0.125"])  # fmt: skip
