@@ -7,7 +7,7 @@ front (chosen by their validation map) are measured on the test split when the s
 every figure below is of those test maps. The methods:
 - `sweep`: one uniform ratio for every layer, evenly spaced over the searched range, at the
   experiment's own finetune lr and loss scales;
-- `screen-stage` (the default search), `screen-layer`: a ratio per stage (or per prunable layer),
+- `screen-stage`, `screen-layer`: a ratio per stage (or per prunable layer),
   the finetune lr and two finetune loss scales, with the screen (search.screen): `--candidates`
   allocations drawn evenly over the cost range, each pruned and scored without finetuning, the
   best of each cost slice finetuned first, TPE after them. The screen's time is counted against

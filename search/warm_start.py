@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from search import dense
@@ -25,7 +26,7 @@ from yolov2.pipeline import dense_architecture, dense_folder
 from yolov2.sensitivity import (
     Allocation,
     Sensitivity,
-    allocate,
+    allocate_each,
     cached_analyse,
     checked_groups,
     pruned_gflops,
@@ -107,11 +108,9 @@ def known_points(
     tuner sets the other searched keys to the experiment's own values, as for the known points)."""
     arch = dense_architecture(config, len(config.data.class_names()))
     size = config.data.input_size
+    gflops_of = partial(pruned_gflops, arch, config.prune, input_size=size)
     points: list[dict[str, float]] = []
-    for budget in config.search.warm_start_budgets:
-        chosen = allocate(
-            table, budget, low, high, lambda r: pruned_gflops(arch, config.prune, r, size)
-        )
+    for chosen in allocate_each(table, config.search.warm_start_budgets, low, high, gflops_of):
         _log_allocation(chosen, high)
         point = dict(zip(names, chosen.ratios, strict=True))
         if point not in points:

@@ -572,3 +572,58 @@ def test_the_early_stop_report_writes_its_figures_and_exits_with_the_verdict(
     assert early_stop.report(lines, 300.0, tmp_path) == 0
     assert (tmp_path / "early-stop.png").read_bytes()[:4] == b"\x89PNG"
     assert early_stop.report([lines[1], lines[0], lines[2]][:2], 300.0, tmp_path) == 1
+
+
+equal_cost = _load("bench_screen_equal_cost")
+
+
+def test_the_equal_cost_benchmark_holds_every_candidate_to_the_sensitivitys_cost() -> None:
+    import random
+
+    from yolov2.config import load_config
+    from yolov2.pipeline import dense_architecture
+    from yolov2.screen import cost_fraction
+
+    config = load_config(equal_cost.DEFAULT)
+    fraction = cost_fraction(dense_architecture(config, 5), config.prune, config.data.input_size)
+    # an allocation a sensitivity table could give: the first layers kept, the late ones pruned
+    sensitivity = tuple([0.0] * 8 + [0.2] * 7 + [0.5] * 7)
+    target = fraction(sensitivity)
+    found = equal_cost.allocations(sensitivity, near=3, drawn=4, low=0.0, high=0.6,
+                                   fraction=fraction, rng=random.Random(0))  # fmt: skip
+    assert [kind for kind, _ in found] == ["sensitivity"] + ["near"] * 3 + ["random"] * 4
+    assert found[0][1] == sensitivity
+    for _, ratios in found[1:]:
+        assert len(ratios) == 22
+        assert all(0.0 <= r <= 0.6 for r in ratios)
+        # met from below, to within a width's rounding
+        assert target - 0.02 <= fraction(ratios) <= target + 1e-9
+        assert ratios != sensitivity
+    # the near ones keep the sensitivity's shape: the late layers pruned more than the first
+    for _, ratios in found[1:4]:
+        assert sum(ratios[15:]) > sum(ratios[:8])
+
+
+def test_the_equal_cost_benchmark_judges_each_budget_against_the_sensitivitys_allocation() -> None:
+    made = [  # budget, kind, bn_map, pruned_map, finetuned val map and test map
+        (0.5, "sensitivity", 0.30, 0.10, 0.70, 0.66),
+        (0.5, "near", 0.35, 0.05, 0.72, 0.69),  # the screen's first, and the best finetuned
+        (0.5, "near", 0.20, 0.20, 0.60, 0.58),  # pruned_map's first
+        (0.5, "random", 0.10, 0.01, 0.50, 0.52),
+        (0.3, "sensitivity", 0.60, 0.50, 0.78, 0.75),
+        (0.3, "random", 0.65, 0.40, 0.74, 0.71),  # the screen's first, finetuned worse
+        (0.3, "near", 0.50, 0.45, 0.76, 0.72),
+    ]
+    rows = [equal_cost.Row(b, k, (0.1,), 0.1, p, bn, v, t) for b, k, bn, p, v, t in made]
+    low, high = equal_cost.judge(rows)
+    assert [(v["budget"], v["candidates"]) for v in (low, high)] == [(0.3, 3), (0.5, 4)]
+    assert high["spearman"]["bn_map"] == pytest.approx(1.0)
+    assert high["spearman"]["pruned_map"] == pytest.approx(0.2)
+    assert high["sensitivity_rank"] == 2
+    assert high["first_by_bn_map"] == {"kind": "near", "val_map": 0.72, "test_map": 0.69,
+                                       "test_gain": pytest.approx(0.03)}  # fmt: skip
+    assert high["first_by_pruned_map"]["test_gain"] == pytest.approx(-0.08)
+    assert low["spearman"]["bn_map"] == pytest.approx(-0.5)
+    assert low["sensitivity_rank"] == 1
+    assert low["first_by_bn_map"]["test_gain"] == pytest.approx(-0.04)
+    assert low["first_by_val_map"]["kind"] == "sensitivity"

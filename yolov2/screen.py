@@ -71,11 +71,11 @@ def draw(
     for index in range(count):
         target = most + (least - most) * (index + 0.5) / count
         shape = [rng.random() for _ in range(groups)]
-        candidates.append(Candidate(index, _meeting(target, shape, low, high, cost), target))
+        candidates.append(Candidate(index, meeting(target, shape, low, high, cost), target))
     return candidates
 
 
-def _meeting(
+def meeting(
     target: float,
     shape: list[float],
     low: float,

@@ -252,6 +252,19 @@ def allocate(
     `gflops_of(ratios)` gives the GFLOPs of the model pruned at per-group ratios; without it, the
     table's savings are added up, an estimate (pruning two neighbours saves less than the sum).
     """
+    return allocate_each(table, [budget], low, high, gflops_of)[0]
+
+
+def allocate_each(
+    table: Sensitivity,
+    budgets: Sequence[float],
+    low: float,
+    high: float,
+    gflops_of: Callable[[Sequence[float]], float] | None = None,
+) -> list[Allocation]:
+    """`allocate` at each of `budgets`, in their order, from one greedy walk: its moves do not
+    depend on the budget, only where it stops, so each budget's allocation is where the walk first
+    removes that much."""
     curves = []
     for name in table.names:
         inside = [p for p in table.curve(name) if low - 1e-9 <= p.ratio <= high + 1e-9]
@@ -269,21 +282,25 @@ def allocate(
             return 1.0 - gflops_of([p.ratio for p in chosen()]) / dense
         return sum(p.gflops_saved for p in chosen()) / dense
 
-    while removed() < budget - 1e-12:
-        steps = [_next_step(curve, index) for curve, index in zip(curves, at, strict=True)]
-        moves = [(cost, group, to) for group, (to, cost) in enumerate(steps) if to is not None]
-        if not moves:
-            break
-        _, group, to = min(moves, key=lambda move: (move[0], move[1]))
-        at[group] = to
+    found: dict[float, Allocation] = {}
     share = removed()
-    return Allocation(
-        budget=budget,
-        ratios=tuple(p.ratio for p in chosen()),
-        removed=share,
-        map_drop=sum(p.map_drop for p in chosen()),
-        met=share >= budget - 1e-12,
-    )
+    for budget in sorted(set(budgets)):
+        while share < budget - 1e-12:
+            steps = [_next_step(curve, index) for curve, index in zip(curves, at, strict=True)]
+            moves = [(cost, group, to) for group, (to, cost) in enumerate(steps) if to is not None]
+            if not moves:
+                break
+            _, group, to = min(moves, key=lambda move: (move[0], move[1]))
+            at[group] = to
+            share = removed()
+        found[budget] = Allocation(
+            budget=budget,
+            ratios=tuple(p.ratio for p in chosen()),
+            removed=share,
+            map_drop=sum(p.map_drop for p in chosen()),
+            met=share >= budget - 1e-12,
+        )
+    return [found[budget] for budget in budgets]
 
 
 def _next_step(curve: list[Point], index: int) -> tuple[int | None, float]:

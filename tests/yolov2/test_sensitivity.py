@@ -25,6 +25,7 @@ from yolov2.sensitivity import (
     Point,
     Sensitivity,
     allocate,
+    allocate_each,
     group_names,
     pruned_gflops,
 )
@@ -306,3 +307,12 @@ def test_the_allocation_counts_gflops_by_the_function_given() -> None:
     chosen = allocate(_table(), 0.3, 0.0, 0.5, overlapping)
     assert chosen.ratios == (0.25, 0.5, 0.0)  # 0.9 x 3 GFLOPs is short of 30%: b goes on
     assert chosen.removed == pytest.approx(0.45)
+
+
+def test_every_budget_allocated_in_one_walk_is_the_budgets_own_allocation() -> None:
+    budgets = [0.7, 0.1, 0.5, 0.1, 0.9, 0.3]  # unsorted, one twice, one beyond reach
+    walked = allocate_each(_table(), budgets, 0.0, 0.5)
+    assert walked == [allocate(_table(), budget, 0.0, 0.5) for budget in budgets]
+    assert [a.budget for a in walked] == budgets
+    assert len({a.ratios for a in walked}) == 4  # 0.9 stops where 0.7 did: every group at high
+    assert [a.met for a in walked] == [True, True, True, True, False, True]
