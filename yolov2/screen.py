@@ -29,7 +29,7 @@ from yolov2.engine import Splits, eval_loader, evaluate, resolve_device, train_l
 from yolov2.measure import count_params, gflops
 from yolov2.model import Architecture, YOLOv2
 from yolov2.pipeline import prune
-from yolov2.prune import pruned_widths
+from yolov2.sensitivity import pruned_gflops
 
 BISECTION_STEPS = 20  # s to within 2^-20 of its range: far below a width's rounding
 
@@ -156,19 +156,6 @@ def cost_fraction(
 ) -> Callable[[Sequence[float]], float]:
     """A candidate's GFLOPs as a fraction of the dense model's, from the widths its ratios give
     (filter pruning): the cost the candidates are spread over, whatever the search's cost, since
-    a filter-pruned model's size and latency fall with its GFLOPs. Counted once per distinct set
-    of widths: a bisection's late steps round to widths it has counted already."""
-    counted: dict[tuple[int, ...], float] = {}
-
-    def count(ratios: Sequence[float]) -> float:
-        widths = tuple(
-            pruned_widths(arch, ratios, prune_config.min_channels, prune_config.round_to)
-        )
-        if widths not in counted:
-            with torch.device("meta"):
-                model = YOLOv2(arch.with_widths(list(widths)))
-            counted[widths] = gflops(model.eval(), (input_size, input_size))
-        return counted[widths]
-
-    whole = count([0.0])
-    return lambda ratios: count(ratios) / whole
+    a filter-pruned model's size and latency fall with its GFLOPs."""
+    whole = pruned_gflops(arch, prune_config, [0.0], input_size)
+    return lambda ratios: pruned_gflops(arch, prune_config, ratios, input_size) / whole

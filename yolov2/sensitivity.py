@@ -20,14 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import torch
 from tqdm import tqdm
 
 from yolov2.config import ExperimentConfig, PruneConfig, shaping_digest
 from yolov2.engine import Splits
 from yolov2.errors import InputError
 from yolov2.files import atomic_path, write_text_atomic
-from yolov2.measure import gflops
+from yolov2.measure import architecture_gflops, gflops
 from yolov2.model import Architecture, YOLOv2
 from yolov2.pipeline import evaluate_model, prune
 from yolov2.prune import prunable_convs, pruned_widths, stages
@@ -216,12 +215,9 @@ def from_json(text: str) -> Sensitivity:
 def pruned_gflops(
     arch: Architecture, config: PruneConfig, ratios: Sequence[float], input_size: int
 ) -> float:
-    """The GFLOPs of `arch` filter-pruned at `ratios` (one per group), from the widths alone: the
-    network is built on the meta device, with no weights."""
+    """The GFLOPs of `arch` filter-pruned at `ratios` (one per group), from the widths alone."""
     widths = pruned_widths(arch, ratios, config.min_channels, config.round_to)
-    with torch.device("meta"):
-        model = YOLOv2(arch.with_widths(widths))
-    return gflops(model.eval(), (input_size, input_size))
+    return architecture_gflops(arch.with_widths(widths), (input_size, input_size))
 
 
 # --- the greedy allocation -----------------------------------------------------------------------

@@ -10,8 +10,16 @@ import torch
 
 from yolov2.checkpoint import save_checkpoint
 from yolov2.config import load_config
-from yolov2.measure import count_params, gflops, latency_ms, profile
-from yolov2.model import Architecture, Conv, MaxPool, YOLOv2, build_model, yolov2_voc
+from yolov2.measure import architecture_gflops, count_params, gflops, latency_ms, profile
+from yolov2.model import (
+    Architecture,
+    Conv,
+    MaxPool,
+    YOLOv2,
+    build_model,
+    yolov2_tiny_voc,
+    yolov2_voc,
+)
 from yolov2.pipeline import architecture
 from yolov2.prune import pruned_widths
 
@@ -84,6 +92,29 @@ def test_gflops_ignore_weight_sparsity_and_scale_with_area() -> None:
     with torch.no_grad():
         small.conv_blocks()[1].conv.weight.zero_()
     assert gflops(small, (64, 64)) == dense
+
+
+@pytest.mark.parametrize("family", ["voc", "tiny", "default"])
+def test_the_count_from_the_layer_list_is_the_traced_count_for_any_widths(family: str) -> None:
+    """Routes, the reorg, tiny's stride-1 pool and odd input sides (608 x 320: 19 x 10 cells)
+    give the same GFLOPs as FlopCounterMode tracing the model, at random pruned widths."""
+    config = load_config(Path(__file__).resolve().parents[2] / "experiments" / "default.yaml")
+    arch = {
+        "voc": yolov2_voc(),
+        "tiny": yolov2_tiny_voc(),
+        "default": architecture(config.model, 5, config.data.input_size),
+    }[family]
+    generator = torch.Generator().manual_seed(0)
+    prunable = len(arch.widths) - 1
+    for size in [(416, 416), (608, 320), (160, 160)]:
+        for _ in range(3):
+            ratios = (torch.rand(prunable, generator=generator) * 0.7).tolist()
+            pruned = arch.with_widths(pruned_widths(arch, ratios, 1, 1))
+            with torch.device("meta"):
+                model = build_model(pruned).eval()
+            assert architecture_gflops(pruned, size) == pytest.approx(
+                gflops(model, size), rel=1e-12
+            )
 
 
 def test_latency_is_the_median_of_the_timed_forwards_in_ms() -> None:
