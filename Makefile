@@ -27,8 +27,10 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
+# Two test processes, a test file each at a time (its module's Ray cluster and searches stay in one
+# process): the Ray tests wait on process starts and heartbeats, which the other process fills.
 test: lint docs
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20
 
 bench: $(STAMP)
 	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
