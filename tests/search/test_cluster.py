@@ -424,7 +424,7 @@ def test_a_dense_config_whose_maker_is_lost_mid_training_is_made_by_a_waiter(
     )
     extra = [
         space, "search.num_samples=2", "search.max_concurrent=2", "search.known_points=[0.3]",
-        "search.max_failures=1", "search.early_stop={rule: front, every: 1}", "train.epochs=60",
+        "search.max_failures=1", "search.early_stop={rule: front, every: 1}", "train.epochs=30",
     ]  # fmt: skip
     outcome: dict[str, Any] = {}
     searching = threading.Thread(
