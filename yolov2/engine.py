@@ -239,6 +239,40 @@ def eval_loader(
     )
 
 
+HELD_BYTES = 2**30  # the most a split's decoded batches may take to be held in memory
+
+
+@dataclass(frozen=True)
+class HeldBatches:
+    """An eval loader's batches, decoded once and kept: a split that many models are evaluated on
+    in turn (the sensitivity's and the screen's candidates) is not read, decoded and resized again
+    for each, nor are loader workers started again. `evaluate` takes it in place of the loader."""
+
+    dataset: VOCDetection
+    batches: tuple[tuple[Tensor, list[dict[str, Any]]], ...]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, list[dict[str, Any]]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def held_eval_loader(
+    annotations: Sequence[Annotation],
+    data: DataConfig,
+    batch_size: int,
+    device: torch.device | None = None,
+) -> DataLoader[Any] | HeldBatches:
+    """`eval_loader`'s batches held in memory when they take at most HELD_BYTES (a VOC test set at
+    416 would take gigabytes: it stays a loader, read again for each model)."""
+    loader = eval_loader(annotations, data, batch_size, device)
+    decoded = len(annotations) * 3 * data.input_size**2 * 4  # float32 images, letterboxed
+    if decoded > HELD_BYTES:
+        return loader
+    return HeldBatches(loader.dataset, tuple(loader))  # type: ignore[arg-type]
+
+
 def lr_factor(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
     """darknet's burn-in, (step / burn_in)^4, then steps, cosine or constant over the whole run."""
 
@@ -377,7 +411,7 @@ def _read_totals(totals: list[Tensor], desc: str, epoch: int, first_step: int) -
 @torch.no_grad()
 def evaluate(
     model: YOLOv2,
-    loader: DataLoader[Any],
+    loader: DataLoader[Any] | HeldBatches,
     annotations: Sequence[Annotation],
     classes: Sequence[str],
     device: torch.device,
@@ -385,7 +419,7 @@ def evaluate(
     """VOC07 11-point mAP (`map`), all-point mAP (`map_voc12`) and per-class AP under each."""
     model.eval()
     evaluator = VOCEvaluator(classes)
-    transform = loader.dataset.transform  # type: ignore[attr-defined]
+    transform: Any = loader.dataset.transform  # type: ignore[union-attr]
     for inputs, targets in tqdm(loader, desc="eval", leave=False, disable=None, dynamic_ncols=True):
         detections = postprocess(model(inputs.to(device)), model.arch.anchors)
         boxes, scores, labels = [], [], []

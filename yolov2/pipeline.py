@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from yolov2.engine import (
     eval_loader,
     evaluate,
     fit,
+    held_eval_loader,
     load_splits,
     resolve_device,
     train_precision,
@@ -413,6 +414,17 @@ def evaluate_model(
     annotations = splits.test if on_test else splits.selection
     loader = eval_loader(annotations, config.data, config.train.batch_size, device)
     return evaluate(model.to(device), loader, annotations, splits.classes, device)
+
+
+def selection_evaluator(
+    config: ExperimentConfig, splits: Splits
+) -> Callable[[YOLOv2], dict[str, Any]]:
+    """`evaluate_model` on the selection split for many models in turn, the split's batches
+    decoded once and held in memory where they fit (`held_eval_loader`)."""
+    device = resolve_device(config.train.device)
+    annotations = splits.selection
+    loader = held_eval_loader(annotations, config.data, config.train.batch_size, device)
+    return lambda model: evaluate(model.to(device), loader, annotations, splits.classes, device)
 
 
 def maps_on_test(

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from yolov2.config import ExperimentConfig, PruneConfig
-from yolov2.engine import Splits, eval_loader, evaluate, resolve_device, train_loader
+from yolov2.engine import Splits, evaluate, held_eval_loader, resolve_device, train_loader
 from yolov2.measure import count_params, gflops
 from yolov2.model import Architecture, YOLOv2
 from yolov2.pipeline import prune
@@ -111,7 +111,7 @@ def score(
     adaptive batch normalisation on `bn_batches` training batches."""
     device = resolve_device(config.train.device)
     subset = splits.selection[:images]
-    loader = eval_loader(subset, config.data, config.train.batch_size)
+    loader = held_eval_loader(subset, config.data, config.train.batch_size)
     size = (config.data.input_size, config.data.input_size)
     scored = []
     for candidate in candidates:

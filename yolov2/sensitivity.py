@@ -28,7 +28,7 @@ from yolov2.errors import InputError
 from yolov2.files import atomic_path, write_text_atomic
 from yolov2.measure import architecture_gflops, gflops
 from yolov2.model import Architecture, YOLOv2
-from yolov2.pipeline import evaluate_model, prune
+from yolov2.pipeline import prune, selection_evaluator
 from yolov2.prune import prunable_convs, pruned_widths, stages
 
 if TYPE_CHECKING:
@@ -138,7 +138,8 @@ def analyse(
     measured = _measured_prune(config.prune)
     size = (config.data.input_size, config.data.input_size)
     names = group_names(model.arch, kind)
-    dense_map = float(evaluate_model(model, config, splits)["map"])
+    evaluated = selection_evaluator(config, splits)
+    dense_map = float(evaluated(model)["map"])
     dense_gflops = gflops(model, size)
     baseline = Point(BASELINE, 0.0, dense_map, 0.0, dense_gflops, 0.0)
     # Filter pruning at two ratios that round to the same widths keeps the same filters (the
@@ -158,7 +159,7 @@ def analyse(
                 filters = measured.method == "filter"
                 key = ("widths", *pruned.arch.widths) if filters else ("ratios", *ratios_here)
                 if key not in measured_at:
-                    measured_at[key] = float(evaluate_model(pruned, config, splits)["map"])
+                    measured_at[key] = float(evaluated(pruned)["map"])
                 value, cost = measured_at[key], gflops(pruned, size)
                 points.append(
                     Point(name, ratio, value, dense_map - value, cost, dense_gflops - cost)

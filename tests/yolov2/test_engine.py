@@ -8,12 +8,23 @@ from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from yolov2 import engine
 from yolov2.config import ExperimentConfig, TrainConfig, load_config
 from yolov2.data import sample_seed
-from yolov2.engine import FitResult, MultiScaleBatchSampler, Splits, fit, load_splits, lr_factor
+from yolov2.engine import (
+    FitResult,
+    HeldBatches,
+    MultiScaleBatchSampler,
+    Splits,
+    fit,
+    held_eval_loader,
+    load_splits,
+    lr_factor,
+)
 from yolov2.errors import InputError, TrainingDivergedError
-from yolov2.pipeline import initial_model
+from yolov2.pipeline import evaluate_model, initial_model, selection_evaluator
 from yolov2.prune import WeightMasks, prune_weights
 
 SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
@@ -43,6 +54,34 @@ def test_a_small_model_overfits_a_handful_of_images(tmp_path: Path) -> None:
     )
     assert result.final["map"] >= 0.9
     assert result.history[-1]["loss/total"] < result.history[0]["loss/total"] / 5
+
+
+def test_held_batches_evaluate_as_the_loader_does_and_a_split_too_big_stays_a_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sensitivity and the screen evaluate many models on batches decoded once: the same
+    maps, per-class APs included, as a loader read again for each model."""
+    config = smoke_config(tmp_path, "train.epochs=12", "data.workers=1")
+    splits = load_splits(config.data)
+    model = fit(
+        initial_model(config, len(splits.classes)),
+        splits,
+        data=config.data,
+        train=config.train,
+        loss=config.loss,
+        out_dir=tmp_path / "run",
+    ).model
+    streamed = evaluate_model(model, config, splits)
+    assert 0.1 < streamed["map"] < 1.0  # a model that finds some objects, not all
+    held = held_eval_loader(splits.selection, config.data, config.train.batch_size)
+    assert isinstance(held, HeldBatches)
+    assert len(held) == 2  # 16 images in batches of 8
+    evaluated = selection_evaluator(config, splits)
+    assert evaluated(model) == streamed
+    assert evaluated(model) == streamed  # the held batches serve every model in turn
+    decoded = 16 * 3 * config.data.input_size**2 * 4
+    monkeypatch.setattr(engine, "HELD_BYTES", decoded - 1)
+    assert isinstance(held_eval_loader(splits.selection, config.data, 8), DataLoader)
 
 
 def _fit(config: ExperimentConfig, out: Path, report: Any = None) -> dict[str, torch.Tensor]:

@@ -117,13 +117,18 @@ def evaluations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     from yolov2 import sensitivity
 
     calls: list[int] = []
-    real = sensitivity.evaluate_model
+    real = sensitivity.selection_evaluator
 
-    def counted(*args: Any) -> Any:
-        calls.append(1)
-        return real(*args)
+    def counting(*args: Any) -> Any:
+        evaluated = real(*args)
 
-    monkeypatch.setattr(sensitivity, "evaluate_model", counted)
+        def counted(model: Any) -> Any:
+            calls.append(1)
+            return evaluated(model)
+
+        return counted
+
+    monkeypatch.setattr(sensitivity, "selection_evaluator", counting)
     return calls
 
 
