@@ -36,6 +36,12 @@ def smoke_config(tmp_path: Path, *overrides: str) -> ExperimentConfig:
     )
 
 
+def _trained(config: ExperimentConfig, splits: Splits, out: Path) -> FitResult:
+    """The experiment's dense training from its initial weights, into `out`."""
+    model = initial_model(config, len(splits.classes))
+    return fit(model, splits, data=config.data, train=config.train, loss=config.loss, out_dir=out)
+
+
 def test_a_small_model_overfits_a_handful_of_images(tmp_path: Path) -> None:
     # The smoke experiment is this test: 16 easy images, no augmentation, evaluated on themselves.
     config = smoke_config(tmp_path)
@@ -44,14 +50,7 @@ def test_a_small_model_overfits_a_handful_of_images(tmp_path: Path) -> None:
     assert not config.data.augment.flip
     splits = load_splits(config.data)
     assert len(splits.train) == 16
-    result = fit(
-        initial_model(config, len(splits.classes)),
-        splits,
-        data=config.data,
-        train=config.train,
-        loss=config.loss,
-        out_dir=tmp_path / "run",
-    )
+    result = _trained(config, splits, tmp_path / "run")
     assert result.final["map"] >= 0.9
     assert result.history[-1]["loss/total"] < result.history[0]["loss/total"] / 5
 
@@ -63,14 +62,7 @@ def test_held_batches_evaluate_as_the_loader_does_and_a_split_too_big_stays_a_lo
     maps, per-class APs included, as a loader read again for each model."""
     config = smoke_config(tmp_path, "train.epochs=12", "data.workers=1")
     splits = load_splits(config.data)
-    model = fit(
-        initial_model(config, len(splits.classes)),
-        splits,
-        data=config.data,
-        train=config.train,
-        loss=config.loss,
-        out_dir=tmp_path / "run",
-    ).model
+    model = _trained(config, splits, tmp_path / "run").model
     streamed = evaluate_model(model, config, splits)
     assert 0.1 < streamed["map"] < 1.0  # a model that finds some objects, not all
     held = held_eval_loader(splits.selection, config.data, config.train.batch_size)
