@@ -26,7 +26,7 @@ from torch import nn
 
 from yolov2.config import ExperimentConfig, PruneConfig
 from yolov2.engine import Splits, evaluate, held_eval_loader, resolve_device, train_loader
-from yolov2.measure import count_params, gflops
+from yolov2.measure import architecture_gflops, count_params
 from yolov2.model import Architecture, YOLOv2
 from yolov2.pipeline import prune
 from yolov2.sensitivity import pruned_gflops
@@ -123,7 +123,13 @@ def score(
         adapted = evaluate(model, loader, subset, splits.classes, device)["map"]
         nonzero = count_params(model)[1]
         scored.append(
-            Scored(candidate, gflops(model, size), nonzero, float(as_pruned), float(adapted))
+            Scored(
+                candidate,
+                architecture_gflops(model.arch, size),
+                nonzero,
+                float(as_pruned),
+                float(adapted),
+            )
         )
     return scored
 

@@ -26,7 +26,7 @@ from yolov2.config import ExperimentConfig, PruneConfig, shaping_digest
 from yolov2.engine import Splits
 from yolov2.errors import InputError
 from yolov2.files import atomic_path, write_text_atomic
-from yolov2.measure import architecture_gflops, gflops
+from yolov2.measure import architecture_gflops
 from yolov2.model import Architecture, YOLOv2
 from yolov2.pipeline import prune, selection_evaluator
 from yolov2.prune import prunable_convs, pruned_widths, stages
@@ -140,7 +140,7 @@ def analyse(
     names = group_names(model.arch, kind)
     evaluated = selection_evaluator(config, splits)
     dense_map = float(evaluated(model)["map"])
-    dense_gflops = gflops(model, size)
+    dense_gflops = architecture_gflops(model.arch, size)
     baseline = Point(BASELINE, 0.0, dense_map, 0.0, dense_gflops, 0.0)
     # Filter pruning at two ratios that round to the same widths keeps the same filters (the
     # criterion ranks the unpruned model's weights): one evaluation serves both, and the baseline
@@ -160,7 +160,7 @@ def analyse(
                 key = ("widths", *pruned.arch.widths) if filters else ("ratios", *ratios_here)
                 if key not in measured_at:
                     measured_at[key] = float(evaluated(pruned)["map"])
-                value, cost = measured_at[key], gflops(pruned, size)
+                value, cost = measured_at[key], architecture_gflops(pruned.arch, size)
                 points.append(
                     Point(name, ratio, value, dense_map - value, cost, dense_gflops - cost)
                 )
